@@ -1,0 +1,116 @@
+"""Real PostgreSQL 15 clusters for the tests: a plain "source" and an "aurora" target simulated as
+DESIGN.md describes (non-superuser master in rds_superuser; the replication user can switch
+session_replication_role only through the SECURITY DEFINER function)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import psycopg
+import pytest
+from psycopg import sql
+
+from great_escape.localcluster import MASTER_USER, LocalCluster
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_ROOT = Path(os.environ.get("GE_TEST_ROOT", "/var/tmp/great-escape-tests")) / str(os.getpid())
+REPL_USER = "ge_repl"
+REPL_PASSWORD = "ge-repl-secret"
+FUNCTION_TEMPLATE = ROOT / "roles/replication_role_function/templates/rds_session_replication_role.sql.j2"
+_counter = itertools.count()
+
+
+def _port(offset: int) -> int:
+    # A port range per pytest process (xdist-safe enough); override with GE_TEST_PORT_BASE.
+    return int(os.environ.get("GE_TEST_PORT_BASE", 56000 + os.getpid() % 500 * 4)) + offset
+
+
+@pytest.fixture(scope="session")
+def source_cluster() -> Iterator[LocalCluster]:
+    TEST_ROOT.mkdir(parents=True, exist_ok=True)
+    os.chmod(TEST_ROOT.parent, 0o755)
+    os.chmod(TEST_ROOT, 0o755)
+    cluster = LocalCluster(TEST_ROOT / "source", _port(0), "source").start()
+    yield cluster
+    cluster.stop(remove=True)
+
+
+@pytest.fixture(scope="session")
+def aurora_cluster() -> Iterator[LocalCluster]:
+    TEST_ROOT.mkdir(parents=True, exist_ok=True)
+    cluster = LocalCluster(TEST_ROOT / "aurora", _port(1), "aurora").start()
+    with psycopg.connect(**cluster.conninfo(dbname="postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(REPL_USER), sql.Literal(REPL_PASSWORD)))
+    yield cluster
+    cluster.stop(remove=True)
+    shutil.rmtree(TEST_ROOT, ignore_errors=True)
+
+
+def render_replica_role_function(schema: str = "public") -> str:
+    """The prepare-target role's SQL, rendered exactly as the role renders it."""
+    return jinja2.Template(FUNCTION_TEMPLATE.read_text()).render(
+        replication_role_function_schema=schema,
+        replication_role_function_owner=MASTER_USER,
+        replication_role_function_grantee=REPL_USER,
+    )
+
+
+@dataclass
+class DbPair:
+    """One fresh database on each cluster: `source` (superuser), `target` (master), `repl` (replication user)."""
+
+    source: dict[str, Any]
+    target: dict[str, Any]
+    repl: dict[str, Any]
+
+    def sql_source(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        return _run(self.source, query, params)
+
+    def sql_target(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        return _run(self.target, query, params)
+
+    def grant_repl(self) -> None:
+        """What prepare-target grants the replication user on the application schemas."""
+        with psycopg.connect(**self.target, autocommit=True) as conn:
+            schemas = [r[0] for r in conn.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
+                "AND nspname <> 'information_schema'")]
+            for s in schemas:
+                conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(
+                    sql.Identifier(s), sql.Identifier(REPL_USER)))
+                conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA {} "
+                                     "TO {}").format(sql.Identifier(s), sql.Identifier(REPL_USER)))
+                conn.execute(sql.SQL("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {} TO {}").format(
+                    sql.Identifier(s), sql.Identifier(REPL_USER)))
+
+
+def _run(params: dict[str, Any], query: str, args: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(**params, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(query, args)
+        return cur.fetchall() if cur.description else []
+
+
+@pytest.fixture
+def dbpair(source_cluster: LocalCluster, aurora_cluster: LocalCluster) -> Iterator[DbPair]:
+    """Fresh databases; the target has the replica-role function installed and the repl user may CONNECT."""
+    name = f"t{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(**source_cluster.conninfo(dbname="postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    with psycopg.connect(**aurora_cluster.conninfo(dbname="postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    pair = DbPair(source_cluster.conninfo(dbname=name), aurora_cluster.conninfo(dbname=name),
+                  {**aurora_cluster.conninfo(dbname=name), "user": REPL_USER, "password": REPL_PASSWORD})
+    with psycopg.connect(**pair.target, autocommit=True) as conn:
+        conn.execute(render_replica_role_function())
+    yield pair
+    for cluster in (source_cluster, aurora_cluster):
+        with psycopg.connect(**cluster.conninfo(dbname="postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
