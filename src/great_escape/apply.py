@@ -1,0 +1,296 @@
+"""One sync batch: read deltas and row state in one source snapshot, copy row state to the target,
+commit the target, then delete exactly the deltas that were applied (DESIGN.md invariants 3-6, 10).
+
+A batch runs in a REPEATABLE READ transaction on the source. It takes up to `batch_size` delta rows per
+table (identified by ctid, stable within the snapshot because nobody else updates delta rows), reads the
+current rows for their keys in the same snapshot and streams them as text COPY into the target, where the
+keys were deleted first. The source transaction deletes those same delta rows and commits only after the
+target committed: a crash in between re-applies the batch, which is harmless because applying copies state.
+A TRUNCATE event makes the table's batch a whole-table copy, after which every delta of the table visible
+in the snapshot is covered (DELETE in the snapshot removes exactly those).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from . import capture, catalog, state
+from .catalog import Table
+from .errors import SyncError
+
+log = logging.getLogger(__name__)
+
+MAX_CONFLICT_ROUNDS = 50
+PENDING_QUERY_CHUNK = 200  # tables per "which delta tables have rows" query
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A captured table as seen on both sides (columns by name; types may differ, e.g. int -> bigint)."""
+
+    source: Table
+    target: Table
+
+    @property
+    def name(self) -> str:
+        return self.source.qualname
+
+
+@dataclass
+class BatchResult:
+    deltas: int = 0
+    rows: int = 0
+    per_table: dict[str, tuple[int, int]] = field(default_factory=dict)
+    more: bool = False  # some table had more deltas than one batch takes
+
+
+def load_pairs(source: psycopg.Connection[Any], target: psycopg.Connection[Any]) -> dict[int, Pair]:
+    """The captured tables (registry on the source) matched with the target's tables.
+
+    Stops with SyncError naming the table when one vanished on the source or lacks a column on the target.
+    """
+    registry = capture.registered(source)
+    src = {t.relid: t for t in catalog.list_tables(source)}
+    tgt = {t.qualname: t for t in catalog.list_tables(target)}
+    pairs = {}
+    for relid, name in sorted(registry.items(), key=lambda kv: kv[1]):
+        if relid not in src:
+            raise SyncError(f"source table {name} (oid {relid}) has disappeared while captured; restore it, or take "
+                            "it out of the migration with `great-escape capture remove` and the exclude_tables list")
+        s = src[relid]
+        t = tgt.get(s.qualname)
+        if t is None:
+            raise SyncError(f"table {s.qualname} is missing on the target {target.info.host}:{target.info.port}/"
+                            f"{target.info.dbname}; restore the schema first (restore phase)")
+        missing = [c for c in s.copy_columns if c not in {col.name for col in t.columns}]
+        if missing:
+            raise SyncError(f"table {s.qualname}: column(s) {missing} missing on the target; the schemas differ "
+                            "(DDL during the migration?). Apply the same DDL on the target, then restart the sync")
+        pairs[relid] = Pair(s, t)
+    return pairs
+
+
+class Applier:
+    """Applies batches from `source` to `target`. Both connections are owned by the caller; `target` must
+    already run with session_replication_role = replica (db.set_replica_role)."""
+
+    def __init__(self, source: psycopg.Connection[Any], target: psycopg.Connection[Any], pairs: dict[int, Pair],
+                 *, name: str, direction: str, batch_size: int):
+        self.source = source
+        self.target = target
+        self.pairs = pairs
+        self.name = name
+        self.direction = direction
+        self.batch_size = batch_size
+        self._window: deque[tuple[float, int]] = deque()
+        source.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+
+    def rate(self) -> float:
+        """Deltas applied per second over the last minute."""
+        now = time.monotonic()
+        while self._window and now - self._window[0][0] > 60:
+            self._window.popleft()
+        if not self._window:
+            return 0.0
+        span = max(now - self._window[0][0], 1.0)
+        return sum(n for _, n in self._window) / span
+
+    def run_batch(self) -> BatchResult:
+        """Apply one batch; returns what it did. Nothing pending: an empty result, no target transaction."""
+        result = BatchResult()
+        try:
+            truncated = self._truncated()
+            pending = self._pending()
+            work = [r for r in self.pairs if r in truncated or r in pending]
+            if not work:
+                self.source.rollback()
+                return result
+            with self.target.transaction():
+                for relid in work:
+                    pair = self.pairs[relid]
+                    try:
+                        if relid in truncated:
+                            deltas, rows, more = self._copy_whole(pair)
+                        else:
+                            deltas, rows, more = self._apply_keys(pair)
+                    except (psycopg.errors.DataError, psycopg.errors.IntegrityError,
+                            psycopg.errors.SyntaxErrorOrAccessRuleViolation) as exc:
+                        raise SyncError(f"table {pair.name}: {exc.diag.message_primary}"
+                                        + (f" ({exc.diag.context.strip()})" if exc.diag.context else "")
+                                        + "; nothing of this batch was applied") from exc
+                    result.per_table[pair.name] = (rows, deltas)
+                    result.deltas += deltas
+                    result.rows += rows
+                    result.more |= more
+                self._window.append((time.monotonic(), result.deltas))
+                state.record_batch(self.target, self.name, self.direction, result.per_table, self.rate())
+            self.source.commit()  # only now are the deltas gone: target first (invariant 5)
+        except BaseException:
+            _rollback_quietly(self.source)
+            raise
+        return result
+
+    # ------------------------------------------------------------ source side
+
+    def _truncated(self) -> set[int]:
+        rows = self.source.execute(sql.SQL("SELECT DISTINCT relid::int8 FROM {}").format(
+            sql.Identifier(capture.SCHEMA, "truncates"))).fetchall()
+        return {r[0] for r in rows}
+
+    def _pending(self) -> set[int]:
+        relids = list(self.pairs)
+        found: set[int] = set()
+        for i in range(0, len(relids), PENDING_QUERY_CHUNK):
+            parts = [sql.SQL("SELECT {}::int8 WHERE EXISTS (SELECT 1 FROM {})").format(
+                sql.Literal(r), sql.Identifier(capture.SCHEMA, capture.delta_name(r)))
+                for r in relids[i:i + PENDING_QUERY_CHUNK]]
+            found.update(r[0] for r in self.source.execute(sql.SQL(" UNION ALL ").join(parts)).fetchall())
+        return found
+
+    # ------------------------------------------------------------ apply by key
+
+    def _apply_keys(self, pair: Pair) -> tuple[int, int, bool]:
+        src, tgt = pair.source, pair.target
+        delta = sql.Identifier(capture.SCHEMA, capture.delta_name(src.relid))
+        keys = sql.SQL(", ").join(sql.Identifier(k) for k in src.key)
+        ctids: list[str] = []
+        key_lines: set[bytes] = set()
+        with self.source.cursor() as cur, cur.copy(sql.SQL("COPY (SELECT ctid, {} FROM {} LIMIT {}) TO STDOUT").format(
+                keys, delta, sql.Literal(self.batch_size))) as cp:
+            for row in cp:
+                line = bytes(row)
+                tab = line.index(b"\t")
+                ctids.append(line[:tab].decode())
+                key_lines.add(line[tab + 1:])
+        if not ctids:
+            return 0, 0, False
+        batch = sql.SQL("SELECT {} FROM {} WHERE ctid = ANY({}::tid[])").format(
+            keys, delta, sql.Literal("{" + ",".join(f'"{c}"' for c in ctids) + "}"))
+        keytab = self._temp_like(tgt, "k", tgt.key)
+        with self.target.cursor() as cur:
+            with cur.copy(sql.SQL("COPY {} FROM STDIN").format(keytab)) as cp:
+                for line in key_lines:
+                    cp.write(line)
+            cur.execute(sql.SQL("DELETE FROM {} t USING {} k WHERE {}").format(
+                _from(tgt), keytab, _join(tgt.key, "t", "k")))
+        source_rows = sql.SQL("SELECT {} FROM {} WHERE ({}) IN ({})").format(
+            _cols(src.copy_columns), _from(src), keys, batch)
+        if tgt.other_unique:
+            rows = self._insert_resolving_conflicts(pair, source_rows, keytab)
+        else:
+            rows = self._stream(source_rows, tgt.ident, src.copy_columns)
+        self.source.execute(sql.SQL("DELETE FROM {} WHERE ctid = ANY({}::tid[])").format(
+            delta, sql.Literal("{" + ",".join(f'"{c}"' for c in ctids) + "}")))
+        return len(ctids), rows, len(ctids) >= self.batch_size
+
+    def _stream(self, query: sql.Composable, into: sql.Composable, columns: tuple[str, ...]) -> int:
+        """Text COPY from the source query into the target: values cross as text, so types may differ."""
+        rows = 0
+        with self.source.cursor() as scur, self.target.cursor() as tcur, \
+                scur.copy(sql.SQL("COPY ({}) TO STDOUT").format(query)) as out, \
+                tcur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(into, _cols(columns))) as inp:
+            for row in out:
+                inp.write(row)
+                rows += 1
+        return rows
+
+    def _temp_like(self, table: Table, kind: str, columns: tuple[str, ...]) -> sql.Identifier:
+        """A session temp table with the target's own types for `columns`, emptied at each commit."""
+        name = sql.Identifier("pg_temp", f"ge_{kind}_{table.relid}")
+        self.target.execute(sql.SQL(
+            "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA").format(
+            sql.Identifier(f"ge_{kind}_{table.relid}"), _cols(columns), table.ident))
+        return name
+
+    def _insert_resolving_conflicts(self, pair: Pair, source_rows: sql.Composable, keytab: sql.Identifier) -> int:
+        """Stage the rows, then evict target rows that hold one of their other unique values.
+
+        A value can move from row B to row A with only A in this batch: B still holds it on the target. B's
+        key joins the batch (deleted, then its state in this snapshot staged), until nothing conflicts.
+        """
+        src, tgt = pair.source, pair.target
+        stage = self._temp_like(tgt, "s", src.copy_columns)
+        self._stream(source_rows, stage, src.copy_columns)
+        for _ in range(MAX_CONFLICT_ROUNDS):
+            conflicts: set[tuple[str, ...]] = set()
+            for unique in tgt.other_unique:
+                rows = self.target.execute(sql.SQL(
+                    "SELECT {} FROM {} t JOIN {} s ON {}").format(
+                    sql.SQL(", ").join(sql.SQL("t.{}::text").format(sql.Identifier(k)) for k in tgt.key),
+                    _from(tgt), stage, _join(unique, "t", "s"))).fetchall()
+                conflicts.update(tuple(r) for r in rows)
+            if not conflicts:
+                break
+            log.info("%s: %d row(s) on the target hold unique values of this batch; taking them in",
+                     pair.name, len(conflicts))
+            match = sql.SQL(" OR ").join(
+                sql.SQL("({})").format(sql.SQL(" AND ").join(
+                    sql.SQL("{} = {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in zip(tgt.key, c)))
+                for c in conflicts)
+            self.target.execute(sql.SQL("DELETE FROM {} WHERE {}").format(_from(tgt), match))
+            self._stream(sql.SQL("SELECT {} FROM {} WHERE {}").format(_cols(src.copy_columns), _from(src), match),
+                         stage, src.copy_columns)
+        else:
+            raise SyncError(f"table {pair.name}: unique values keep conflicting after {MAX_CONFLICT_ROUNDS} rounds")
+        cur = self.target.execute(sql.SQL("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT DISTINCT ON ({}) {} "
+                                          "FROM {}").format(
+            tgt.ident, _cols(src.copy_columns), _cols(tgt.key), _cols(src.copy_columns), stage))
+        return cur.rowcount
+
+    # ------------------------------------------------------------ whole table (TRUNCATE)
+
+    def _copy_whole(self, pair: Pair) -> tuple[int, int, bool]:
+        src, tgt = pair.source, pair.target
+        delta = sql.Identifier(capture.SCHEMA, capture.delta_name(src.relid))
+        self.target.execute(sql.SQL("DELETE FROM {}").format(_from(tgt)))
+        rows = self._stream(sql.SQL("SELECT {} FROM {}").format(_cols(src.copy_columns), _from(src)),
+                            tgt.ident, src.copy_columns)
+        # In this snapshot: exactly the events and deltas the copy covers; later ones stay.
+        cur = self.source.execute(sql.SQL("DELETE FROM {}").format(delta))
+        deltas = cur.rowcount
+        self.source.execute(sql.SQL("DELETE FROM {} WHERE relid = %s::oid").format(
+            sql.Identifier(capture.SCHEMA, "truncates")), (src.relid,))
+        log.info("%s: truncated on the source; copied whole (%d rows)", pair.name, rows)
+        return deltas, rows, False
+
+
+def copy_table(source: psycopg.Connection[Any], target: psycopg.Connection[Any], src: Table, tgt: Table) -> int:
+    """Replace the target table's rows with the source's (keyless tables at cutover). Caller commits."""
+    target.execute(sql.SQL("DELETE FROM {}").format(_from(tgt)))
+    rows = 0
+    with source.cursor() as scur, target.cursor() as tcur, \
+            scur.copy(sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(_cols(src.copy_columns), _from(src))) as out, \
+            tcur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(tgt.ident, _cols(src.copy_columns))) as inp:
+        for row in out:
+            inp.write(row)
+            rows += 1
+    return rows
+
+
+def _from(table: Table) -> sql.Composable:
+    """ONLY for plain tables (inheritance children are tables of their own); partitioned parents see all."""
+    return table.ident if table.partitioned else sql.SQL("ONLY {}").format(table.ident)
+
+
+def _cols(columns: tuple[str, ...]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+
+
+def _join(columns: tuple[str, ...], left: str, right: str) -> sql.Composable:
+    return sql.SQL(" AND ").join(
+        sql.SQL("{}.{} = {}.{}").format(sql.Identifier(left), sql.Identifier(c), sql.Identifier(right),
+                                        sql.Identifier(c)) for c in columns)
+
+
+def _rollback_quietly(conn: psycopg.Connection[Any]) -> None:
+    try:
+        conn.rollback()
+    except psycopg.Error:
+        pass  # the connection is gone; the server rolled back already

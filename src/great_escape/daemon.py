@@ -1,0 +1,166 @@
+"""The sync process: batches in a loop, woken by NOTIFY or the poll interval, reconnecting by itself.
+
+    great-escape sync --config FILE [--reverse] [--drain] [--max-lag SECONDS]
+
+--drain applies everything pending and exits; otherwise it keeps up until SIGTERM/SIGINT, finishing the
+batch in hand first. One decision line per batch goes to the log. Only one sync per migration and
+direction runs at a time (an advisory lock on the side changes come from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import select
+import signal
+import time
+from typing import Any
+
+import psycopg
+
+from . import apply, capture, config, db, state
+from .errors import ConnectError, SyncError
+
+log = logging.getLogger("great_escape.sync")
+
+RECONNECT_MAX_DELAY = 30.0
+
+
+class Stop(Exception):
+    """SIGTERM or SIGINT arrived: stop after the current batch."""
+
+
+def direction_of(reverse: bool) -> str:
+    return "reverse" if reverse else "forward"
+
+
+class SyncProcess:
+    def __init__(self, cfg: config.Config, *, direction: str):
+        self.cfg = cfg
+        self.direction = direction
+        self.stopping = False
+        self._conns: list[psycopg.Connection[Any]] = []
+
+    # ------------------------------------------------------------ connections
+
+    def _open(self) -> tuple[apply.Applier, psycopg.Connection[Any]]:
+        purpose = f"sync {self.cfg.name} {self.direction}"
+        source = db.connect(self.cfg.source, purpose)
+        self._conns = [source]
+        target = db.connect(self.cfg.target, purpose)
+        self._conns.append(target)
+        listener = db.connect(self.cfg.source, purpose + " listen", autocommit=True)
+        self._conns.append(listener)
+        lock = listener.execute("SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext(%s))",
+                                (f"great-escape sync {self.cfg.name} {self.direction}",)).fetchone()
+        if not lock or not lock[0]:
+            raise SyncError(f"another {self.direction} sync of {self.cfg.name} is running against "
+                            f"{db.describe(self.cfg.source)}; stop it first (one sync per direction)")
+        listener.execute(f"LISTEN {capture.KICK_CHANNEL}")
+        method = db.set_replica_role(target)
+        state.ensure(target)
+        pairs = apply.load_pairs(source, target)
+        if not pairs:
+            raise SyncError(f"no captured tables on {db.describe(self.cfg.source)}; run the capture phase first")
+        source.commit()
+        target.commit()
+        log.info("connected: %s -> %s, %d tables, replica role by %s", db.describe(self.cfg.source),
+                 db.describe(self.cfg.target), len(pairs), method)
+        return apply.Applier(source, target, pairs, name=self.cfg.name, direction=self.direction,
+                             batch_size=self.cfg.batch_size), listener
+
+    def _close(self) -> None:
+        for conn in self._conns:
+            try:
+                conn.close()
+            except psycopg.Error:
+                pass
+        self._conns = []
+
+    # ------------------------------------------------------------ loop
+
+    def run(self, *, drain: bool = False) -> int:
+        """Run until stopped (or, with drain, until nothing is pending). Returns the deltas applied."""
+        total = 0
+        delay = 1.0
+        while not self.stopping:
+            try:
+                applier, listener = self._open()
+                delay = 1.0
+                total += self._loop(applier, listener, drain)
+                return total
+            except (psycopg.OperationalError, ConnectError) as exc:
+                if drain and isinstance(exc, ConnectError):
+                    raise
+                log.warning("connection lost (%s); reconnecting in %.0fs", _first_line(exc), delay)
+                self._close()
+                self._sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+            finally:
+                self._close()
+        return total
+
+    def _loop(self, applier: apply.Applier, listener: psycopg.Connection[Any], drain: bool) -> int:
+        total = 0
+        checked = time.monotonic()
+        while not self.stopping:
+            started = time.monotonic()
+            result = applier.run_batch()
+            total += result.deltas
+            if result.deltas:
+                log.info("batch: %d deltas -> %d rows in %d table(s) in %.2fs, %.0f deltas/s, %s",
+                         result.deltas, result.rows, len(result.per_table), time.monotonic() - started,
+                         applier.rate(), "more pending" if result.more else "caught up")
+            if result.more:
+                continue
+            if drain and not result.deltas:
+                return total
+            if not result.deltas:
+                self._wait(listener)
+            if time.monotonic() - checked > 30:  # new or vanished tables, changed columns
+                applier.pairs = apply.load_pairs(applier.source, applier.target)
+                applier.source.rollback()
+                checked = time.monotonic()
+        return total
+
+    def _wait(self, listener: psycopg.Connection[Any]) -> None:
+        """Sleep until a kick arrives or the poll interval passes; consume all queued kicks."""
+        fd = listener.pgconn.socket
+        ready, _, _ = select.select([fd], [], [], self.cfg.poll_interval)
+        if ready:
+            listener.pgconn.consume_input()
+            while listener.pgconn.notifies() is not None:
+                pass
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < end:
+            time.sleep(0.2)
+
+    def stop(self, *_: Any) -> None:
+        self.stopping = True
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser("sync", help="apply captured changes to the other side")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--reverse", action="store_true", help="target -> source (after cutover)")
+    parser.add_argument("--drain", action="store_true", help="apply everything pending, then exit")
+    parser.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    if args.reverse:
+        cfg = cfg.reversed()
+    proc = SyncProcess(cfg, direction=direction_of(args.reverse))
+    signal.signal(signal.SIGTERM, proc.stop)
+    signal.signal(signal.SIGINT, proc.stop)
+    total = proc.run(drain=args.drain)
+    log.info("sync stopped after %d deltas", total)
+    return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
