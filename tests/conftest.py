@@ -29,7 +29,7 @@ _counter = itertools.count()
 
 def _port(offset: int) -> int:
     # A port range per pytest process (xdist-safe enough); override with GE_TEST_PORT_BASE.
-    return int(os.environ.get("GE_TEST_PORT_BASE", 56000 + os.getpid() % 500 * 4)) + offset
+    return int(os.environ.get("GE_TEST_PORT_BASE", 60000 + os.getpid() % 1000 * 2)) + offset
 
 
 @pytest.fixture(scope="session")
