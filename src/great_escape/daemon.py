@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import select
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -142,6 +146,7 @@ class SyncProcess:
 
 
 def add_parser(sub: Any) -> None:
+    add_supervise_parser(sub)
     parser = sub.add_parser("sync", help="apply captured changes to the other side")
     parser.add_argument("--config", required=True)
     parser.add_argument("--reverse", action="store_true", help="target -> source (after cutover)")
@@ -164,3 +169,114 @@ def _main(args: argparse.Namespace) -> int:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------- supervisor
+
+def _files(cfg: config.Config, direction: str) -> tuple[Path, Path]:
+    return cfg.state_dir / f"sync-{direction}.pid", cfg.state_dir / f"sync-{direction}.log"
+
+
+def running_pid(pidfile: Path) -> int | None:
+    """The supervisor's pid if it is alive."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def supervise(cfg_path: str, cfg: config.Config, direction: str) -> int:
+    """Run `great-escape sync` and start it again whenever it dies, until SIGTERM."""
+    pidfile, _ = _files(cfg, direction)
+    pidfile.write_text(str(os.getpid()))
+    stopping = False
+    child: subprocess.Popen[bytes] | None = None
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        if child and child.poll() is None:
+            child.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    delay = 1.0
+    cmd = [sys.executable, "-m", "great_escape.cli", "sync", "--config", cfg_path]
+    if direction == "reverse":
+        cmd.append("--reverse")
+    try:
+        while not stopping:
+            started = time.monotonic()
+            child = subprocess.Popen(cmd)
+            code = child.wait()
+            if stopping:
+                break
+            delay = 1.0 if time.monotonic() - started > 60 else min(delay * 2, 60.0)
+            log.warning("sync exited with %s; starting it again in %.0fs", code, delay)
+            end = time.monotonic() + delay
+            while not stopping and time.monotonic() < end:
+                time.sleep(0.2)
+    finally:
+        pidfile.unlink(missing_ok=True)
+    return 0
+
+
+def start_detached(cfg_path: str, cfg: config.Config, direction: str) -> bool:
+    """Start the supervisor in its own session, logging to the state dir. False if it already runs."""
+    pidfile, logfile = _files(cfg, direction)
+    if running_pid(pidfile):
+        return False
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "great_escape.cli", "supervise", "run", "--config", cfg_path]
+    if direction == "reverse":
+        cmd.append("--reverse")
+    with open(logfile, "ab") as out:
+        subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not running_pid(pidfile):
+        time.sleep(0.1)
+    if not running_pid(pidfile):
+        raise SyncError(f"the {direction} sync supervisor did not start; see {logfile}")
+    return True
+
+
+def stop_detached(cfg: config.Config, direction: str, timeout: float = 60) -> bool:
+    """SIGTERM the supervisor (which stops the sync after its batch); False if it was not running."""
+    pidfile, logfile = _files(cfg, direction)
+    pid = running_pid(pidfile)
+    if not pid:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if running_pid(pidfile) is None:
+            return True
+        time.sleep(0.2)
+    raise SyncError(f"the {direction} sync (pid {pid}) did not stop within {timeout:.0f}s; see {logfile}")
+
+
+def add_supervise_parser(sub: Any) -> None:
+    parser = sub.add_parser("supervise", help="run the sync in the background, restarted if it dies")
+    parser.add_argument("action", choices=["start", "stop", "status", "run"])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--reverse", action="store_true")
+    parser.set_defaults(func=_supervise_main)
+
+
+def _supervise_main(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    direction = direction_of(args.reverse)
+    pidfile, logfile = _files(cfg, direction)
+    if args.action == "run":
+        return supervise(args.config, cfg, direction)
+    if args.action == "start":
+        print("started" if start_detached(args.config, cfg, direction) else "already running", f"(log: {logfile})")
+    elif args.action == "stop":
+        print("stopped" if stop_detached(cfg, direction) else "not running")
+    else:
+        pid = running_pid(pidfile)
+        print(f"running (pid {pid}, log {logfile})" if pid else "not running")
+        return 0 if pid else 3
+    return 0
