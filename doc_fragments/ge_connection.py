@@ -1,16 +1,9 @@
-"""Connection options shared by the great-escape modules."""
+"""Connection options shared by the great-escape modules: one libpq endpoint per side."""
 
-
-class ModuleDocFragment:
-    DOCUMENTATION = r"""
-options:
-  source:
-    description:
-      - Where changes come from (the on-premises server for the forward sync, the target after cutover).
-      - A dict of libpq parameters.
+_ENDPOINT = r"""
     type: dict
     required: true
-    suboptions: &endpoint
+    suboptions:
       host:
         description: Host name or address of the PostgreSQL server.
         type: str
@@ -39,15 +32,28 @@ options:
       sslrootcert:
         description: CA bundle for I(sslmode=verify-full).
         type: path
+"""
+
+_NOTES = r"""
 notes:
   - Runs where the great_escape engine is installed (the replication host, or the controller for local runs).
 """
 
+
+class ModuleDocFragment:
+    # The side changes come from (the on-premises server forward, the target after cutover).
+    DOCUMENTATION = r"""
+options:
+  source:
+    description:
+      - Where changes come from (the on-premises server for the forward sync, the target after cutover).
+      - A dict of libpq parameters.
+""" + _ENDPOINT + _NOTES
+
+    # Both sides, for modules that compare or copy between them.
     TARGET = r"""
 options:
   target:
     description:
-      - Where changes are applied. Same keys as I(source).
-    type: dict
-    required: true
-"""
+      - Where changes are applied (Aurora for the forward sync). A dict of libpq parameters.
+""" + _ENDPOINT

@@ -230,10 +230,7 @@ class Applier:
                 break
             log.info("%s: %d row(s) on the target hold unique values of this batch; taking them in",
                      pair.name, len(conflicts))
-            match = sql.SQL(" OR ").join(
-                sql.SQL("({})").format(sql.SQL(" AND ").join(
-                    sql.SQL("{} = {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in zip(tgt.key, c)))
-                for c in conflicts)
+            match = sql.SQL(" OR ").join(_key_equals(tgt.key, c) for c in conflicts)
             self.target.execute(sql.SQL("DELETE FROM {} WHERE {}").format(_from(tgt), match))
             self._stream(sql.SQL("SELECT {} FROM {} WHERE {}").format(_cols(src.copy_columns), _from(src), match),
                          stage, src.copy_columns)
@@ -264,9 +261,9 @@ class Applier:
 def copy_table(source: psycopg.Connection[Any], target: psycopg.Connection[Any], src: Table, tgt: Table) -> int:
     """Replace the target table's rows with the source's (keyless tables at cutover). Caller commits."""
     target.execute(sql.SQL("DELETE FROM {}").format(_from(tgt)))
+    query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(_cols(src.copy_columns), _from(src))
     rows = 0
-    with source.cursor() as scur, target.cursor() as tcur, \
-            scur.copy(sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(_cols(src.copy_columns), _from(src))) as out, \
+    with source.cursor() as scur, target.cursor() as tcur, scur.copy(query) as out, \
             tcur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(tgt.ident, _cols(src.copy_columns))) as inp:
         for row in out:
             inp.write(row)
@@ -277,6 +274,12 @@ def copy_table(source: psycopg.Connection[Any], target: psycopg.Connection[Any],
 def _from(table: Table) -> sql.Composable:
     """ONLY for plain tables (inheritance children are tables of their own); partitioned parents see all."""
     return table.ident if table.partitioned else sql.SQL("ONLY {}").format(table.ident)
+
+
+def _key_equals(key: tuple[str, ...], values: tuple[str, ...]) -> sql.Composable:
+    """(k1 = 'v1' AND k2 = 'v2'): untyped literals, so each side casts them to its own column types."""
+    return sql.SQL("({})").format(sql.SQL(" AND ").join(
+        sql.SQL("{} = {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in zip(key, values, strict=True)))
 
 
 def _cols(columns: tuple[str, ...]) -> sql.Composable:

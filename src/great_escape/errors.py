@@ -42,6 +42,14 @@ class CaptureError(GreatEscapeError):
     """Installing or removing change capture failed."""
 
 
+class SequenceError(GreatEscapeError):
+    """Sequences cannot be copied; `problems` names every offending sequence."""
+
+    def __init__(self, message: str, problems: list[str]):
+        super().__init__(message)
+        self.problems = problems
+
+
 class SyncError(GreatEscapeError):
     """The sync could not apply a batch."""
 

@@ -10,6 +10,7 @@ import time
 import psycopg
 import pytest
 import yaml
+from psycopg import sql
 
 from great_escape import capture, daemon, status
 from great_escape.errors import ConnectError, KeylessTableError, SyncError
@@ -121,8 +122,9 @@ def test_target_without_function_or_set_stops_clearly(dbpair, tmp_path):
     with pytest.raises(SyncError, match="rds_session_replication_role"):
         daemon.SyncProcess(cfg, direction="forward").run(drain=True)
     assert dbpair.sql_target("SELECT count(*) FROM t")[0][0] == 0
-    assert dbpair.sql_source("SELECT count(*) FROM ge_capture.d_%s" % capture.registered(
-        psycopg.connect(**dbpair.source)).popitem()[0])[0][0] == 1
+    relid = capture.registered(psycopg.connect(**dbpair.source)).popitem()[0]
+    delta = sql.Identifier(capture.SCHEMA, capture.delta_name(relid))
+    assert dbpair.sql_source(sql.SQL("SELECT count(*) FROM {}").format(delta).as_string(None))[0][0] == 1
 
 
 def test_source_table_that_disappears_is_named(dbpair, tmp_path):
