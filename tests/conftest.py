@@ -40,6 +40,7 @@ def source_cluster() -> Iterator[LocalCluster]:
     cluster = LocalCluster(TEST_ROOT / "source", _port(0), "source").start()
     yield cluster
     cluster.stop(remove=True)
+    shutil.rmtree(TEST_ROOT, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +52,6 @@ def aurora_cluster() -> Iterator[LocalCluster]:
             sql.Identifier(REPL_USER), sql.Literal(REPL_PASSWORD)))
     yield cluster
     cluster.stop(remove=True)
-    shutil.rmtree(TEST_ROOT, ignore_errors=True)
 
 
 def render_replica_role_function(schema: str = "public") -> str:

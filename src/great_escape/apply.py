@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from . import capture, catalog, state
+from . import capture, catalog, ranges, state
 from .catalog import Table
 from .errors import SyncError
 
@@ -105,6 +106,7 @@ class Applier:
     def run_batch(self) -> BatchResult:
         """Apply one batch; returns what it did. Nothing pending: an empty result, no target transaction."""
         result = BatchResult()
+        failed: tuple[Pair, psycopg.Error] | None = None
         try:
             truncated = self._truncated()
             pending = self._pending()
@@ -122,9 +124,8 @@ class Applier:
                             deltas, rows, more = self._apply_keys(pair)
                     except (psycopg.errors.DataError, psycopg.errors.IntegrityError,
                             psycopg.errors.SyntaxErrorOrAccessRuleViolation) as exc:
-                        raise SyncError(f"table {pair.name}: {exc.diag.message_primary}"
-                                        + (f" ({exc.diag.context.strip()})" if exc.diag.context else "")
-                                        + "; nothing of this batch was applied") from exc
+                        failed = (pair, exc)
+                        raise
                     result.per_table[pair.name] = (rows, deltas)
                     result.deltas += deltas
                     result.rows += rows
@@ -132,10 +133,24 @@ class Applier:
                 self._window.append((time.monotonic(), result.deltas))
                 state.record_batch(self.target, self.name, self.direction, result.per_table, self.rate())
             self.source.commit()  # only now are the deltas gone: target first (invariant 5)
-        except BaseException:
+        except BaseException as exc:
             _rollback_quietly(self.source)
+            if failed:
+                raise self._batch_error(*failed) from exc
             raise
         return result
+
+    def _batch_error(self, pair: Pair, exc: psycopg.Error) -> SyncError:
+        """The error that stops the sync: table, what went wrong, and for a value out of range its key."""
+        detail = f" ({exc.diag.context.strip()})" if exc.diag.context else ""
+        if exc.sqlstate == "22003":  # numeric_value_out_of_range: bigint written on one side, int on this one
+            try:
+                found = ranges.explain_out_of_range(self.source, self.target, pair.source, pair.target)
+                detail = f": {found}" if found else detail
+            finally:
+                _rollback_quietly(self.source)
+        return SyncError(f"table {pair.name}: {exc.diag.message_primary}{detail}; nothing of this batch was "
+                         "applied. Fix the value on the sending side (or widen the column here) and restart the sync")
 
     # ------------------------------------------------------------ source side
 
@@ -162,13 +177,15 @@ class Applier:
         keys = sql.SQL(", ").join(sql.Identifier(k) for k in src.key)
         ctids: list[str] = []
         key_lines: set[bytes] = set()
+        fits = _key_filter(pair)
         with self.source.cursor() as cur, cur.copy(sql.SQL("COPY (SELECT ctid, {} FROM {} LIMIT {}) TO STDOUT").format(
                 keys, delta, sql.Literal(self.batch_size))) as cp:
             for row in cp:
                 line = bytes(row)
                 tab = line.index(b"\t")
                 ctids.append(line[:tab].decode())
-                key_lines.add(line[tab + 1:])
+                if fits is None or fits(line[tab + 1:]):
+                    key_lines.add(line[tab + 1:])
         if not ctids:
             return 0, 0, False
         batch = sql.SQL("SELECT {} FROM {} WHERE ctid = ANY({}::tid[])").format(
@@ -256,6 +273,26 @@ class Applier:
             sql.Identifier(capture.SCHEMA, "truncates")), (src.relid,))
         log.info("%s: truncated on the source; copied whole (%d rows)", pair.name, rows)
         return deltas, rows, False
+
+
+def _key_filter(pair: Pair) -> Callable[[bytes], bool] | None:
+    """For keys with integer columns narrower here than on the sending side: a test that a key line fits.
+
+    A key that does not fit cannot exist here (a row deleted on the sending side after it got a big value):
+    it is left out of the delete. A row that still exists with such a value stops the batch at its COPY.
+    """
+    narrow = [(i, ranges.INT_RANGES[pair.target.column(k).type]) for i, k in enumerate(pair.source.key)
+              if pair.target.column(k).type in ranges.INT_RANGES
+              and pair.source.column(k).type in ranges.INT_RANGES
+              and ranges.INT_RANGES[pair.source.column(k).type][1] > ranges.INT_RANGES[pair.target.column(k).type][1]]
+    if not narrow:
+        return None
+
+    def fits(line: bytes) -> bool:
+        fields = line.rstrip(b"\n").split(b"\t")
+        return all(low <= int(fields[i]) <= high for i, (low, high) in narrow)
+
+    return fits
 
 
 def copy_table(source: psycopg.Connection[Any], target: psycopg.Connection[Any], src: Table, tgt: Table) -> int:

@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from . import capture
 from .errors import SyncError
 
 SCHEMA = "great_escape"
@@ -29,6 +30,7 @@ def ensure(conn: psycopg.Connection[Any]) -> None:
     """Create the progress tables if missing (committed at once)."""
     try:
         with conn.transaction():
+            capture.allow_ddl(conn)  # past the schema freeze: the reverse sync records progress on the source
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
             for ddl in _DDL:
                 conn.execute(sql.SQL(ddl).format(schema=sql.Identifier(SCHEMA)))

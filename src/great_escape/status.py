@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -42,7 +42,7 @@ def pending(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]]:
 
 def collect(cfg: config.Config, direction: str) -> dict[str, Any]:
     """The status as a dict (the JSON form)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with db.connect(cfg.source, f"status {cfg.name}") as src:
         tables = pending(src)
     with db.connect(cfg.target, f"status {cfg.name}") as tgt:

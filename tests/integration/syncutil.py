@@ -56,7 +56,8 @@ def table_rows(params: dict[str, Any], exclude_schemas: tuple[str, ...] = ("ge_c
         tables = conn.execute(
             "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE c.relkind IN ('r','p') AND NOT c.relispartition AND n.nspname NOT IN "
-            "('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg\\_%%' AND n.nspname <> ALL(%s) ORDER BY 1, 2",
+            "('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg\\_%%' AND n.nspname <> ALL(%s) "
+            "ORDER BY 1, 2",
             (list(exclude_schemas),)).fetchall()
         for schema, name in tables:
             cols = [r[0] for r in conn.execute(

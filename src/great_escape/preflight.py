@@ -1,0 +1,481 @@
+"""Preflight: every reason the migration would fail, found before anything changes.
+
+`run(inputs)` connects read-only to the source, the target (as the master user) and, if it already
+exists, the target as the replication user, and returns a Report: `problems` (each one stops the
+migration), `warnings` (worth reading, not blocking), `facts` (versions, sizes) and `estimates`
+(duration of each phase from sizes and the throughput assumptions). `Report.raise_if_problems()`
+turns the list into one PreflightError. Nothing here writes to any database.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from . import catalog, db
+from .errors import ConnectError, PreflightError
+
+MIN_SOURCE_VERSION = 110000  # trigger capture uses features of PostgreSQL 11 (partitioned tables with keys)
+KEYLESS_CHOICES = ("refuse", "copy_at_cutover")
+# Extensions that come with every server and need no check on the target.
+BUILTIN_EXTENSIONS = ("plpgsql",)
+# How many object names a problem lists before it says "and N more".
+NAME_LIMIT = 20
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    """Throughput behind the estimates and the dump size model; each one is overridable from the inventory."""
+
+    compression_factor: float = 0.4  # dump bytes per byte of table data (pg_dump -Z 3 on typical data)
+    disk_reserve_bytes: int = 1024**3  # free space that must remain after the dump is written
+    dump_jobs: int = 4
+    restore_jobs: int = 4
+    dump_mb_s_per_job: float = 40.0  # table data read and compressed, per pg_dump job
+    transfer_mb_s: float = 100.0  # compressed bytes over the network, all rsync streams together
+    restore_mb_s_per_job: float = 25.0  # table data written by COPY, per pg_restore job
+    index_mb_s_per_job: float = 30.0  # index bytes built in post-data, per pg_restore job
+    verify_mb_s: float = 80.0  # table data checksummed on both sides
+    apply_rows_s: float = 5000.0  # captured changes applied per second by the sync
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if name == "disk_reserve_bytes":
+                if value < 0:
+                    raise PreflightError(f"preflight assumption {name} must be >= 0, not {value}", [name])
+            elif value <= 0:
+                raise PreflightError(f"preflight assumption {name} must be positive, not {value}", [name])
+
+
+@dataclass
+class Inputs:
+    source: dict[str, Any]
+    target: dict[str, Any]  # the master user
+    replication_user: str | None = None
+    replication_password: str | None = None
+    schemas: list[str] | None = None
+    keyless_tables: str = "refuse"
+    pg_dump_version: str | None = None  # output of `pg_dump --version` on the source host; "" if missing
+    pg_restore_version: str | None = None  # output of `pg_restore --version` on the replication host
+    dump_dir: str = ""
+    dump_dir_free_bytes: int | None = None
+    replication_dir: str = ""
+    replication_dir_free_bytes: int | None = None
+    assumptions: Assumptions = field(default_factory=Assumptions)
+
+
+@dataclass
+class Report:
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+    estimates: list[dict[str, Any]] = field(default_factory=list)
+
+    def raise_if_problems(self) -> None:
+        if self.problems:
+            raise PreflightError(
+                f"preflight found {len(self.problems)} problem(s); fix them and run preflight again: "
+                + " | ".join(self.problems),
+                self.problems,
+            )
+
+    def estimate_table(self) -> list[str]:
+        """The estimates as fixed-width lines, for the playbook's output."""
+        rows = [("phase", "estimate", "basis")]
+        rows += [(e["phase"], _duration(e["seconds"]), e["basis"]) for e in self.estimates]
+        width = [max(len(r[i]) for r in rows) for i in range(2)]
+        return [f"{r[0]:<{width[0]}}  {r[1]:>{width[1]}}  {r[2]}" for r in rows]
+
+    def as_dict(self) -> dict[str, Any]:
+        # "warnings" is a key Ansible reserves in module results: the module returns them as "notices".
+        return {"problems": self.problems, "notices": self.warnings, "facts": self.facts,
+                "estimates": self.estimates, "estimate_table": self.estimate_table()}
+
+
+def run(inputs: Inputs) -> Report:
+    """Run every check; a check that cannot run becomes a problem, the others still run."""
+    report = Report()
+    if inputs.keyless_tables not in KEYLESS_CHOICES:
+        report.problems.append(f"ge_keyless_tables is {inputs.keyless_tables!r}; set it to one of "
+                               f"{', '.join(KEYLESS_CHOICES)}")
+    source = _open(inputs.source, "source", report)
+    target = _open(inputs.target, "target (master user)", report)
+    try:
+        tables: list[catalog.Table] = []
+        if source is not None:
+            tables = _check_source(source, inputs, report)
+        if target is not None:
+            _check_target(target, inputs, tables if source is not None else None, report)
+        if target is not None and inputs.replication_user:
+            _check_replication_login(target, inputs, report)
+        _check_clients(inputs, report)
+        if source is not None:
+            _check_disk(inputs, report)
+            _estimate(inputs.assumptions, report)
+    finally:
+        for conn in (source, target):
+            if conn is not None:
+                conn.close()
+    return report
+
+
+def _open(params: dict[str, Any], role: str, report: Report) -> psycopg.Connection[Any] | None:
+    try:
+        conn = db.connect(params, "preflight", autocommit=True)
+    except ConnectError as exc:
+        report.problems.append(f"{role}: {exc}")
+        return None
+    # Autocommit, so one failed check does not abort the others; every statement still runs read-only.
+    conn.execute("SET default_transaction_read_only = on")
+    return conn
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:NAME_LIMIT])
+    return shown + (f" and {len(names) - NAME_LIMIT} more" if len(names) > NAME_LIMIT else "")
+
+
+def _one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
+    row = conn.execute(query, params).fetchone()
+    return row[0] if row else None
+
+
+def _check(report: Report, what: str, where: str, func: Any, *args: Any) -> Any:
+    """Run one check; a database error becomes a problem of that check instead of stopping preflight."""
+    try:
+        return func(*args)
+    except psycopg.Error as exc:
+        message = exc.diag.message_primary or str(exc).splitlines()[0]
+        report.problems.append(f"{where}: cannot check {what}: {message}")
+        return None
+
+
+# --- source ---------------------------------------------------------------------------------------------
+
+_SOURCE_FACTS = """
+SELECT pg_catalog.current_setting('server_version_num')::int,
+       pg_catalog.current_setting('server_version'),
+       pg_catalog.pg_is_in_recovery(),
+       (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
+"""
+
+_NOT_OWNED = """
+SELECT n.nspname || '.' || c.relname
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = ANY(%s::oid[]) AND NOT pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE')
+ORDER BY 1
+"""
+
+# Every relation of the replicated schemas, partitions included: the dump's data and the restore's indexes.
+_SIZES = """
+SELECT c.relkind::text, c.relpersistence::text, c.reltablespace <> 0, n.nspname || '.' || c.relname,
+       CASE WHEN c.relkind IN ('r', 'm') THEN pg_catalog.pg_table_size(c.oid) ELSE 0 END,
+       CASE WHEN c.relkind IN ('r', 'm') THEN pg_catalog.pg_indexes_size(c.oid) ELSE 0 END,
+       GREATEST(c.reltuples, 0)::int8
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'm', 'f', 'p')
+  AND n.nspname <> ALL(%(excluded)s) AND n.nspname NOT LIKE 'pg\\_temp\\_%%'
+  AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%%'
+  AND (%(schemas)s::text[] IS NULL OR n.nspname = ANY(%(schemas)s))
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                  WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+"""
+
+# Changes per second since the statistics were reset (or the server started): the load the sync must follow.
+_CHANGE_RATE = """
+SELECT (tup_inserted + tup_updated + tup_deleted)::float8
+       / GREATEST(EXTRACT(EPOCH FROM now() - COALESCE(stats_reset, pg_catalog.pg_postmaster_start_time())), 1)
+FROM pg_catalog.pg_stat_database WHERE datname = current_database()
+"""
+
+
+def _check_source(conn: psycopg.Connection[Any], inputs: Inputs, report: Report) -> list[catalog.Table]:
+    where = f"source {db.describe(inputs.source)}"
+    facts = _check(report, "the server version", where, lambda: conn.execute(_SOURCE_FACTS).fetchone())
+    if facts is None:
+        return []
+    version_num, version, in_recovery, superuser = facts
+    report.facts.update(source_version=version, source_version_num=version_num,
+                        source_superuser=bool(superuser))
+    if version_num < MIN_SOURCE_VERSION:
+        report.problems.append(f"{where}: PostgreSQL {version} is too old; great-escape needs 11 or newer. "
+                               "Upgrade the source in place first")
+    if in_recovery:
+        report.problems.append(f"{where}: the server is a standby (in recovery); capture triggers can "
+                               "only be installed on the primary. Point ge_source_host at the primary")
+    tables = _check(report, "the tables", where, catalog.list_tables, conn, inputs.schemas or None) or []
+    report.facts["tables"] = len(tables)
+    if inputs.schemas:
+        present = {t.schema for t in tables}
+        missing = [s for s in inputs.schemas if s not in present]
+        if missing:
+            report.warnings.append(f"{where}: schema(s) in ge_schemas without tables: {_names(missing)}")
+    if not superuser and tables:
+        not_owned = _check(report, "table ownership", where,
+                           lambda: [r[0] for r in conn.execute(_NOT_OWNED, ([t.relid for t in tables],))])
+        if not_owned:
+            report.problems.append(
+                f"{where}: user {inputs.source.get('user')} is neither a superuser nor the owner of "
+                f"{len(not_owned)} table(s): {_names(not_owned)}. "
+                "Use the owner or a superuser as ge_source_user"
+            )
+    keyless = [t.qualname for t in tables if not t.key]
+    report.facts["keyless_tables"] = keyless
+    if keyless and inputs.keyless_tables == "refuse":
+        report.problems.append(
+            f"{where}: {len(keyless)} table(s) have no primary key and no unique index on NOT NULL columns: "
+            f"{_names(keyless)}. Add a primary key, or set ge_keyless_tables: copy_at_cutover to copy them "
+            "whole during the cutover downtime"
+        )
+    elif keyless:
+        report.warnings.append(f"{where}: {len(keyless)} table(s) without a key will be copied whole "
+                               f"at cutover (longer downtime): {_names(keyless)}")
+    large_objects = _check(report, "large objects", where, _one, conn,
+                           "SELECT count(*) FROM pg_catalog.pg_largeobject_metadata")
+    report.facts["large_objects"] = large_objects
+    if large_objects:
+        report.problems.append(
+            f"{where}: the database holds {large_objects} large object(s) (pg_largeobject); trigger capture "
+            "cannot see changes to them. Move them into bytea columns, or migrate them separately at cutover"
+        )
+    extensions = _check(report, "extensions", where, lambda: dict(conn.execute(
+        "SELECT extname, extversion FROM pg_catalog.pg_extension WHERE extname <> ALL(%s) ORDER BY 1",
+        (list(BUILTIN_EXTENSIONS),)).fetchall()))
+    report.facts["source_extensions"] = extensions or {}
+    sizes = _check(report, "table sizes", where, lambda: conn.execute(
+        _SIZES, {"excluded": list(catalog.SYSTEM_SCHEMAS + catalog.PROJECT_SCHEMAS),
+                 "schemas": inputs.schemas or None}).fetchall())
+    if sizes is not None:
+        _size_facts(sizes, where, report)
+    rate = _check(report, "the change rate", where, _one, conn, _CHANGE_RATE)
+    report.facts["changes_per_second"] = round(rate or 0.0, 1)
+    return tables
+
+
+def _size_facts(rows: list[tuple[Any, ...]], where: str, report: Report) -> None:
+    report.facts["data_bytes"] = sum(r[4] for r in rows)
+    report.facts["index_bytes"] = sum(r[5] for r in rows)
+    report.facts["rows_estimate"] = sum(r[6] for r in rows if r[0] == "r")
+    flagged = {
+        "unlogged": ([r[3] for r in rows if r[1] == "u" and r[0] in ("r", "p")],
+                     "unlogged table(s) are emptied by a crash of the source; they are migrated like "
+                     "the others: "),
+        "foreign": ([r[3] for r in rows if r[0] == "f"],
+                    "foreign table(s) are restored as definitions only; their data stays on the "
+                    "remote server, which Aurora must reach through its own foreign data wrapper: "),
+        "matview": ([r[3] for r in rows if r[0] == "m"],
+                    "materialized view(s) are not captured; refresh them on the target after cutover: "),
+        "tablespace": ([r[3] for r in rows if r[2]],
+                       "relation(s) in a non-default tablespace; Aurora has none, restore them with "
+                       "--no-tablespaces: "),
+    }
+    for names, text in flagged.values():
+        if names:
+            report.warnings.append(f"{where}: {len(names)} {text}{_names(sorted(names))}")
+
+
+# --- target ---------------------------------------------------------------------------------------------
+
+_TARGET_FACTS = """
+SELECT pg_catalog.current_setting('server_version_num')::int,
+       pg_catalog.current_setting('server_version'),
+       pg_catalog.has_database_privilege(current_user, current_database(), 'CREATE'),
+       (SELECT rolcreaterole OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user),
+       EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s)
+"""
+
+
+def _check_target(conn: psycopg.Connection[Any], inputs: Inputs, tables: list[catalog.Table] | None,
+                  report: Report) -> None:
+    where = f"target {db.describe(inputs.target)}"
+    facts = _check(report, "the server version", where,
+                   lambda: conn.execute(_TARGET_FACTS, (inputs.replication_user or "",)).fetchone())
+    if facts is None:
+        return
+    version_num, version, can_create, can_create_role, repl_exists = facts
+    report.facts.update(target_version=version, target_version_num=version_num,
+                        replication_user_exists=bool(repl_exists))
+    source_num = report.facts.get("source_version_num")
+    if source_num and version_num // 10000 < source_num // 10000:
+        report.problems.append(f"{where}: PostgreSQL {version} is older than the source "
+                               f"({report.facts['source_version']}); create the target with the same or a "
+                               "newer major version")
+    if not can_create:
+        report.problems.append(f"{where}: user {inputs.target.get('user')} may not CREATE in the database; "
+                               "use the master user (the database owner) as ge_target_master_user")
+    if inputs.replication_user and not repl_exists and not can_create_role:
+        report.problems.append(f"{where}: the replication user {inputs.replication_user} does not exist and "
+                               f"{inputs.target.get('user')} lacks CREATEROLE to create it; create it or use "
+                               "the master user")
+    available = _check(report, "available extensions", where, lambda: {r[0] for r in conn.execute(
+        "SELECT name FROM pg_catalog.pg_available_extensions")})
+    wanted = report.facts.get("source_extensions") or {}
+    if available is not None and wanted:
+        missing = missing_extensions(wanted, available)
+        if missing:
+            report.problems.append(
+                f"{where}: extension(s) used on the source are not available on the target: "
+                f"{_names(missing)}. Install them on the target (Aurora: check the supported extensions of "
+                "this engine version) or remove them from the source"
+            )
+    if tables:
+        with_data = _check(report, "existing data", where, _tables_with_data, conn, tables)
+        if with_data:
+            report.problems.append(
+                f"{where}: {len(with_data)} table(s) to migrate already hold rows on the target: "
+                f"{_names(with_data)}. Migrate into an empty database: drop or empty them (or point "
+                "ge_target_db at a new database)"
+            )
+
+
+def missing_extensions(source: dict[str, str], available: set[str]) -> list[str]:
+    """Source extensions the target cannot CREATE."""
+    return sorted(name for name in source if name not in available)
+
+
+def _tables_with_data(conn: psycopg.Connection[Any], tables: list[catalog.Table]) -> list[str]:
+    names = [t.qualname for t in tables]
+    existing = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind IN ('r', 'p') AND n.nspname || '.' || c.relname = ANY(%s) ORDER BY 1, 2",
+        (names,)).fetchall()
+    found = []
+    for schema, name in existing:
+        query = sql.SQL("SELECT EXISTS (SELECT FROM {})").format(sql.Identifier(schema, name))
+        if conn.execute(query).fetchone()[0]:  # type: ignore[index]
+            found.append(f"{schema}.{name}")
+    return found
+
+
+def _check_replication_login(target: psycopg.Connection[Any], inputs: Inputs, report: Report) -> None:
+    if not report.facts.get("replication_user_exists"):
+        report.warnings.append(f"the replication user {inputs.replication_user} does not exist on the "
+                               "target yet; the prepare-target phase creates it")
+        return
+    params = {**inputs.target, "user": inputs.replication_user, "password": inputs.replication_password}
+    try:
+        db.connect(params, "preflight").close()
+    except ConnectError as exc:
+        report.problems.append(f"target (replication user): {exc}")
+
+
+# --- clients, disk, estimates ---------------------------------------------------------------------------
+
+_CLIENT_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+
+
+def client_major(version_output: str) -> int | None:
+    """Major version from `pg_dump --version` output, e.g. 'pg_dump (PostgreSQL) 15.10 (Debian ...)' -> 15."""
+    match = _CLIENT_VERSION.search(version_output or "")
+    if not match:
+        return None
+    major = int(match.group(1))
+    # Before 10 the major version had two parts (9.6).
+    return major * 100 + int(match.group(2) or 0) if major < 10 else major * 100
+
+
+def _check_clients(inputs: Inputs, report: Report) -> None:
+    servers = [report.facts.get("source_version_num"), report.facts.get("target_version_num")]
+    # server_version_num 150010 -> 1500, 90624 -> 906: the same scale as client_major().
+    majors = [(v // 10000 * 100 if v >= 100000 else v // 100) for v in servers if v]
+    needed = max(majors) if majors else None
+    for name, output, host in (("pg_dump", inputs.pg_dump_version, "source"),
+                               ("pg_restore", inputs.pg_restore_version, "replication")):
+        if output is None:
+            continue  # not checked (the host does not exist yet)
+        major = client_major(output)
+        report.facts[f"{name}_version"] = output.strip()
+        if major is None:
+            report.problems.append(f"{name} was not found or did not report a version on the {host} host "
+                                   f"({output.strip()[:80]!r}); install the PostgreSQL client of the newest "
+                                   "server major version (source or target) there")
+        elif needed and major < needed:
+            report.problems.append(f"{name} on the {host} host is {_major_text(major)}, older than the "
+                                   f"newest server ({_major_text(needed)}); install the PostgreSQL "
+                                   f"{_major_text(needed)} client there")
+
+
+def _major_text(major: int) -> str:
+    return str(major // 100) if major >= 1000 else f"{major // 100}.{major % 100}"
+
+
+def _check_disk(inputs: Inputs, report: Report) -> None:
+    a = inputs.assumptions
+    data = report.facts.get("data_bytes")
+    if data is None:
+        return
+    estimate = int(data * a.compression_factor)
+    required = estimate + a.disk_reserve_bytes
+    report.facts.update(dump_estimate_bytes=estimate, disk_required_bytes=required)
+    places = (("ge_dump_dir", inputs.dump_dir, inputs.dump_dir_free_bytes),
+              ("ge_replication_dir", inputs.replication_dir, inputs.replication_dir_free_bytes))
+    for var, path, free in places:
+        if free is None:
+            continue
+        report.facts[f"{var.removeprefix('ge_')}_free_bytes"] = free
+        if free < required:
+            report.problems.append(
+                f"not enough disk at {var} {path}: {human_bytes(free)} free, {human_bytes(required)} needed "
+                f"(dump estimate {human_bytes(estimate)} = {human_bytes(data)} of table data x compression "
+                f"factor {a.compression_factor}, plus a reserve of {human_bytes(a.disk_reserve_bytes)}). "
+                f"Free space there or point {var} at a larger filesystem"
+            )
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    return str(timedelta(seconds=round(seconds)))
+
+
+def _estimate(a: Assumptions, report: Report) -> None:
+    data = report.facts.get("data_bytes")
+    if data is None:
+        return
+    index = report.facts.get("index_bytes", 0)
+    dump_bytes = data * a.compression_factor
+    dump = data / (a.dump_mb_s_per_job * MB * a.dump_jobs)
+    transfer = dump_bytes / (a.transfer_mb_s * MB)
+    restore = data / (a.restore_mb_s_per_job * MB * a.restore_jobs)
+    indexes = index / (a.index_mb_s_per_job * MB * a.restore_jobs)
+    verify = data / (a.verify_mb_s * MB)
+    # Changes made while dump, transfer and restore run are applied afterwards, while new ones keep coming.
+    rate = report.facts.get("changes_per_second", 0.0)
+    backlog = rate * (dump + transfer + restore + indexes)
+    catch_up = backlog / (a.apply_rows_s - rate) if a.apply_rows_s > rate else None
+    if catch_up is None:
+        report.warnings.append(f"the source changes {rate:.0f} rows/s, faster than the assumed apply rate "
+                               f"{a.apply_rows_s:.0f} rows/s: the sync would never catch up; measure the "
+                               "real apply rate (bench/) and set preflight_apply_rows_s")
+    mb = data / MB
+    report.estimates = [
+        {"phase": "dump", "seconds": dump, "basis": f"{mb:.0f} MiB at {a.dump_mb_s_per_job:g} MiB/s x "
+                                                    f"{a.dump_jobs} jobs"},
+        {"phase": "transfer", "seconds": transfer, "basis": f"{dump_bytes / MB:.0f} MiB compressed at "
+                                                            f"{a.transfer_mb_s:g} MiB/s"},
+        {"phase": "restore data", "seconds": restore, "basis": f"{mb:.0f} MiB at {a.restore_mb_s_per_job:g} "
+                                                               f"MiB/s x {a.restore_jobs} jobs"},
+        {"phase": "restore indexes", "seconds": indexes, "basis": f"{index / MB:.0f} MiB of indexes at "
+                                                                  f"{a.index_mb_s_per_job:g} MiB/s x "
+                                                                  f"{a.restore_jobs} jobs"},
+        {"phase": "sync catch-up", "seconds": catch_up, "basis": f"{backlog:.0f} changes ({rate:.1f}/s) at "
+                                                                 f"{a.apply_rows_s:g} rows/s"},
+        {"phase": "verify", "seconds": verify, "basis": f"{mb:.0f} MiB at {a.verify_mb_s:g} MiB/s"},
+    ]
+    total = sum(e["seconds"] for e in report.estimates if e["seconds"] is not None)
+    report.estimates.append({"phase": "total", "seconds": total, "basis": "before cutover"})

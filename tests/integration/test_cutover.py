@@ -1,0 +1,314 @@
+"""Cutover and rollback end to end on real clusters: writes running, the way back, refusals, int range."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from psycopg import sql
+
+from great_escape import capture, cutover, daemon, ranges
+from great_escape.errors import SyncError
+from tests.conftest import DbPair
+from tests.integration.syncutil import install_capture, make_config, setup_schema, snapshot_copy, table_rows
+from tests.integration.workload import SEED, SOURCE_DDL, TARGET_EXTRA, _one
+
+MASTER = {"user": "ge_master"}
+
+
+def _app_role(pair: DbPair) -> str:
+    """An application login role on both clusters with the usual grants (roles are cluster-wide)."""
+    role = f"app_{pair.source['dbname']}"
+    for run in (pair.sql_source, pair.sql_target):
+        run(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'app-secret'").format(sql.Identifier(role)).as_string(None)
+        )
+        run(
+            sql.SQL(
+                'GRANT USAGE ON SCHEMA public, "Sales Dept" TO {r}; '
+                'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public, "Sales Dept" TO {r}; '
+                'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public, "Sales Dept" TO {r}'
+            )
+            .format(r=sql.Identifier(role))
+            .as_string(None)
+        )
+    return role
+
+
+class AppWriters:
+    """The application: writes through its own role, survives refused writes and ended sessions, and
+    can be pointed at the other side (what the operator does at cutover)."""
+
+    def __init__(self, params: dict[str, Any], n: int = 2):
+        self.params = params
+        self.stop_event = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(w,), daemon=True) for w in range(n)]
+        self.commits = 0
+        self.refused = 0
+        self.expect_refusals = False  # set when the test stops writes on this side
+        self.errors: list[str] = []
+
+    def _run(self, worker: int) -> None:
+        rnd = random.Random(worker)
+        i = 0
+        while not self.stop_event.is_set():
+            try:
+                with psycopg.connect(**self.params) as conn:
+                    while not self.stop_event.is_set():
+                        i += 1
+                        try:
+                            with conn.transaction(), conn.cursor() as cur:
+                                _one(cur, rnd, worker, i)
+                            self.commits += 1
+                        except (
+                            psycopg.errors.UniqueViolation,
+                            psycopg.errors.DeadlockDetected,
+                            psycopg.errors.ForeignKeyViolation,
+                            psycopg.errors.SerializationFailure,
+                        ):
+                            pass
+                        except psycopg.errors.InsufficientPrivilege as exc:
+                            if not self.expect_refusals:
+                                raise AssertionError(f"write refused before the stop: {exc}") from exc
+                            self.refused += 1
+                            time.sleep(0.05)
+            except psycopg.OperationalError:  # session ended at cutover: reconnect
+                self.refused += 1
+                time.sleep(0.05)
+            except (psycopg.Error, AssertionError) as exc:
+                self.errors.append(str(exc))
+                return
+
+    def __enter__(self) -> AppWriters:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout=30)
+        assert not self.errors, self.errors
+
+
+def _prepare(dbpair: DbPair, tmp_path: Any, **overrides: Any) -> tuple[Any, str, str]:
+    setup_schema(dbpair, SOURCE_DDL, SOURCE_DDL + TARGET_EXTRA)
+    dbpair.sql_source(SEED)
+    role = _app_role(dbpair)
+    cfg = make_config(dbpair, tmp_path, **overrides)
+    install_capture(cfg)
+    snapshot_copy(dbpair)
+    conf = tmp_path / "ge.yml"
+    conf.write_text(
+        yaml.safe_dump(
+            {
+                "name": cfg.name,
+                "source": cfg.source,
+                "target": cfg.target,
+                "batch_size": cfg.batch_size,
+                "poll_interval": cfg.poll_interval,
+                "state_dir": str(cfg.state_dir),
+            }
+        )
+    )
+    return cfg, role, str(conf)
+
+
+def _replicated_rows(params: dict[str, Any]) -> dict[str, list[str]]:
+    rows = table_rows(params)
+    rows.pop("public.trigger_fired", None)  # the target's own table (TARGET_EXTRA), not replicated
+    return rows
+
+
+def _can_write(params: dict[str, Any], role: str, table: str = "public.customers") -> bool:
+    with psycopg.connect(**params) as conn:
+        return bool(conn.execute("SELECT has_table_privilege(%s, %s, 'INSERT')", (role, table)).fetchone()[0])
+
+
+@pytest.fixture
+def stop_daemons():
+    configs: list[Any] = []
+    yield configs.append
+    for cfg in configs:
+        for direction in ("forward", "reverse"):
+            daemon.stop_detached(cfg, direction)
+
+
+def test_cutover_rollback_and_cutover_again_with_writes_running(dbpair, tmp_path, stop_daemons):
+    cfg, role, conf = _prepare(dbpair, tmp_path)
+    stop_daemons(cfg)
+    admin = {**dbpair.target}
+    app_source = {**dbpair.source, "user": role, "password": "app-secret"}
+    app_target = {**dbpair.target, "user": role, "password": "app-secret"}
+    daemon.start_detached(conf, cfg, "forward")
+
+    with AppWriters(app_source) as app:
+        time.sleep(2.5)
+        assert app.commits > 20 and not app.errors
+        app.expect_refusals = True
+        sw = cutover.switch(cfg, "cutover", target_admin=admin, config_path=conf)
+        refused_at_cutover = app.refused
+        commits_at_cutover = app.commits
+        time.sleep(0.5)
+        assert app.commits == commits_at_cutover  # nothing committed on the source after the stop
+    assert refused_at_cutover > 0
+    print(f"\ncutover write downtime: {sw.downtime_seconds:.3f}s, steps {sw.steps}")
+    assert sw.downtime_seconds is not None and sw.downtime_seconds <= 5
+    assert sw.sync_started == "reverse"
+    assert "public.customers.id is bigint on the target but integer on the source" in " ".join(sw.warnings)
+    assert sw.tables_verified >= 7 and sw.revoked
+    assert not _can_write(dbpair.source, role) and _can_write(dbpair.target, role)
+    assert _replicated_rows(dbpair.source) == _replicated_rows(dbpair.target)
+    assert sorted(capture.registered(psycopg.connect(**dbpair.target)).values()) == sorted(
+        capture.registered(psycopg.connect(**dbpair.source)).values()
+    )
+
+    # The application now writes on the target, new keys from the copied sequences included.
+    before_max = dbpair.sql_source("SELECT max(id) FROM counters")[0][0]
+    with AppWriters(app_target) as app:
+        time.sleep(2.5)
+        assert app.commits > 20
+        with psycopg.connect(**app_target, autocommit=True) as conn:
+            new_id = conn.execute("INSERT INTO counters (n) VALUES (-1) RETURNING id").fetchone()[0]
+        assert new_id > before_max and not app.errors
+        app.expect_refusals = True
+        back = cutover.switch(cfg, "rollback", target_admin=admin, config_path=conf)
+    print(f"rollback write downtime: {back.downtime_seconds:.3f}s, steps {back.steps}")
+    assert back.downtime_seconds is not None and back.downtime_seconds <= 5
+    assert back.drained_changes > 0 and back.sync_started == "forward"
+    assert _replicated_rows(dbpair.source) == _replicated_rows(dbpair.target)  # exactly the target's data
+    assert dbpair.sql_source("SELECT n FROM counters WHERE id = %s", (new_id,)) == [(-1,)]
+    assert _can_write(dbpair.source, role) and not _can_write(dbpair.target, role)
+    # The source's sequence was moved past the keys the target handed out.
+    with psycopg.connect(**app_source, autocommit=True) as conn:
+        assert conn.execute("INSERT INTO counters (n) VALUES (-2) RETURNING id").fetchone()[0] > new_id
+
+    # And cut over again: the forward sync carries the source's writes since the rollback.
+    with AppWriters(app_source) as app:
+        time.sleep(1.5)
+        app.expect_refusals = True
+        again = cutover.switch(cfg, "cutover", target_admin=admin, config_path=conf)
+    assert again.downtime_seconds is not None and again.downtime_seconds <= 5
+    assert _replicated_rows(dbpair.source) == _replicated_rows(dbpair.target)
+    assert _can_write(dbpair.target, role) and not _can_write(dbpair.source, role)
+    history = json.loads((tmp_path / cutover.STATUS_FILE).read_text())
+    assert [s["action"] for s in history["switches"]] == ["cutover", "rollback", "cutover"]
+    assert history["live"] == "target"
+    assert all(s["downtime_seconds"] <= 5 for s in history["switches"])
+
+
+def _run_repl(pair: DbPair, query: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(**pair.repl) as conn:
+        return conn.execute(query).fetchall()
+
+
+def _privileges(pair: DbPair) -> tuple[Any, ...]:
+    q = (
+        "SELECT c.relname, c.relacl::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname IN ('public', 'Sales Dept') AND c.relkind IN ('r', 'p') ORDER BY 1"
+    )
+    return tuple(pair.sql_source(q)), tuple(pair.sql_target(q))
+
+
+def test_cutover_twice_and_rollback_without_cutover_are_refused_changing_nothing(
+    dbpair, tmp_path, stop_daemons
+):
+    cfg, role, conf = _prepare(dbpair, tmp_path)
+    stop_daemons(cfg)
+    admin = {**dbpair.target}
+    before = _privileges(dbpair)
+    with pytest.raises(
+        cutover.CutoverError, match="rollback of .* refused, nothing changed: no cutover is recorded"
+    ):
+        cutover.switch(cfg, "rollback", target_admin=admin, config_path=conf)
+    assert _privileges(dbpair) == before
+    assert capture.registered(psycopg.connect(**dbpair.target)) == {}
+    assert dbpair.sql_target("SELECT to_regclass('great_escape.cutover_state')") == [(None,)]
+    assert not (tmp_path / cutover.STATUS_FILE).exists()
+
+    cutover.switch(cfg, "cutover", target_admin=admin, config_path=conf)
+    after_cutover = _privileges(dbpair)
+    state_row = _run_repl(
+        dbpair, "SELECT live, changed_at, write_stops::text FROM great_escape.cutover_state"
+    )
+    with pytest.raises(cutover.CutoverError, match="already cut over .*run rollback.yml"):
+        cutover.switch(cfg, "cutover", target_admin=admin, config_path=conf)
+    assert _privileges(dbpair) == after_cutover
+    assert (
+        _run_repl(dbpair, "SELECT live, changed_at, write_stops::text FROM great_escape.cutover_state")
+        == state_row
+    )
+    assert len(json.loads((tmp_path / cutover.STATUS_FILE).read_text())["switches"]) == 1
+    assert daemon.running_pid(tmp_path / "sync-reverse.pid")
+
+
+def test_bigint_value_on_the_target_stops_the_way_back_naming_table_column_and_key(
+    dbpair, tmp_path, stop_daemons
+):
+    cfg, role, conf = _prepare(dbpair, tmp_path)
+    stop_daemons(cfg)
+    admin = {**dbpair.target}
+    sw = cutover.switch(cfg, "cutover", target_admin=admin, options=cutover.Options(start_sync=False))
+    assert any("customers.id is bigint" in w for w in sw.warnings)
+    app_target = {**dbpair.target, "user": role, "password": "app-secret"}
+    with psycopg.connect(**app_target, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO customers (id, name, email) VALUES (3000000000, 'big', 'big@x'), (77777, 'ok', 'o@x')"
+        )
+    source_before = table_rows(dbpair.source)
+
+    with pytest.raises(
+        SyncError, match=r"table public\.customers: .*out of range for type integer.*column id"
+    ) as err:
+        daemon.SyncProcess(cfg.reversed(), direction="reverse").run(drain=True)
+    assert "nothing of this batch was applied" in str(err.value)
+    assert table_rows(dbpair.source) == source_before  # nothing half-applied: 77777 did not go alone
+    assert dbpair.sql_source("SELECT count(*) FROM customers WHERE id = 77777") == [(0,)]
+
+    problems = ranges.check_range(cfg, "reverse")
+    assert problems == [
+        "public.customers.id = 3000000000 at key (id)=(3000000000) does not fit integer on the source"
+    ]
+    privileges = _privileges(dbpair)
+    with pytest.raises(
+        cutover.CutoverError,
+        match=r"rollback .* refused, nothing changed: .*public\.customers\.id = "
+        r"3000000000 at key \(id\)=\(3000000000\)",
+    ):
+        cutover.switch(cfg, "rollback", target_admin=admin)
+    assert _privileges(dbpair) == privileges
+
+    assert not _can_write(dbpair.source, role) and _can_write(dbpair.target, role)  # still cut over
+
+
+def test_wait_mode_refuses_while_writes_arrive_and_then_switches(dbpair, tmp_path, stop_daemons):
+    cfg, role, conf = _prepare(dbpair, tmp_path)
+    stop_daemons(cfg)
+    app_source = {**dbpair.source, "user": role, "password": "app-secret"}
+    opts = cutover.Options(stop_writes="wait", quiet_seconds=0.5, quiet_timeout=1.5, start_sync=False)
+    with AppWriters(app_source, n=1):
+        time.sleep(0.5)
+        with pytest.raises(cutover.CutoverError, match="writes still arrive on .*stop the application first"):
+            cutover.switch(cfg, "cutover", target_admin={**dbpair.target}, options=opts)
+    assert _can_write(dbpair.source, role)  # wait mode never touches privileges
+    sw = cutover.switch(cfg, "cutover", target_admin={**dbpair.target}, options=opts)
+    assert sw.revoked == [] and sw.downtime_seconds is not None
+    assert _replicated_rows(dbpair.source) == _replicated_rows(dbpair.target)
+
+
+def test_revoke_refuses_when_only_project_users_write(dbpair, tmp_path, stop_daemons):
+    setup_schema(dbpair, "CREATE TABLE t (id int PRIMARY KEY)")
+    cfg = make_config(dbpair, tmp_path)
+    stop_daemons(cfg)
+    install_capture(cfg)
+    with pytest.raises(
+        cutover.CutoverError, match="no application role holds write privileges .*stop_writes=wait"
+    ):
+        cutover.switch(cfg, "cutover", target_admin={**dbpair.target})
+    assert capture.registered(psycopg.connect(**dbpair.target)) == {}

@@ -1,0 +1,66 @@
+"""playbooks/02_prepare_target.yml against the simulated Aurora: a new replication user, the hardened
+function, the state schema; a second run changes nothing; a tampered grant is repaired."""
+
+from __future__ import annotations
+
+import re
+
+import psycopg
+import pytest
+from psycopg import sql
+
+PLAYBOOK = "playbooks/02_prepare_target.yml"
+FUNCTION = "public.rds_session_replication_role(text)"
+
+
+def changed(stdout: str) -> int:
+    return int(re.search(r"^replication\s*:\s*ok=\d+\s+changed=(\d+)", stdout, re.M).group(1))
+
+
+@pytest.fixture
+def repl_user(dbpair, aurora_cluster):
+    """A replication user that does not exist yet; dropped, with what it owns, afterwards."""
+    user, password = f"ge_repl_{dbpair.target['dbname']}", "prep-secret-42"
+    dbpair.sql_target(f"DROP FUNCTION {FUNCTION}")  # installed by the fixture; the playbook must install it
+    yield user, password
+    superuser = {"host": str(aurora_cluster.datadir), "port": aurora_cluster.port, "user": "postgres"}
+    with psycopg.connect(**superuser, dbname=dbpair.target["dbname"], autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(user)))
+    with psycopg.connect(**superuser, dbname="postgres", autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(user)))
+
+
+def test_prepare_target_is_complete_hardened_and_idempotent(dbpair, repl_user, run_playbook):
+    user, password = repl_user
+    extra = {"ge_target_user": user, "ge_target_password": password}
+    first = run_playbook(PLAYBOOK, extra=extra)
+    assert changed(first.stdout) == 4  # user, database grants, schema, function
+    assert "a plain SET is denied (as on Aurora/RDS)" in first.stdout
+    assert password not in first.stdout + first.stderr
+
+    [(secdef, owner, config, grantees)] = dbpair.sql_target(
+        "SELECT prosecdef, pg_get_userbyid(proowner), proconfig, "
+        "(SELECT array_agg(coalesce(r.rolname::text, 'PUBLIC') ORDER BY 1) FROM aclexplode(proacl) a "
+        " LEFT JOIN pg_roles r ON r.oid = a.grantee WHERE a.privilege_type = 'EXECUTE') "
+        "FROM pg_proc WHERE oid = %s::regprocedure", (FUNCTION,))
+    assert secdef and owner == dbpair.target["user"]
+    assert config == ["search_path=pg_catalog, pg_temp"]
+    assert grantees == sorted([owner, user])
+    assert dbpair.sql_target("SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'great_escape'") \
+        == [(user,)]
+
+    repl = {**dbpair.repl, "user": user, "password": password}
+    with psycopg.connect(**repl) as conn:
+        assert conn.execute("SELECT public.rds_session_replication_role('replica')").fetchone() == ("replica",)
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            conn.execute("SELECT public.rds_session_replication_role('superuser')")
+    with psycopg.connect(**repl) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SET session_replication_role = replica")
+
+    again = run_playbook(PLAYBOOK, extra=extra)
+    assert changed(again.stdout) == 0
+
+    dbpair.sql_target(f"GRANT EXECUTE ON FUNCTION {FUNCTION} TO PUBLIC")
+    repaired = run_playbook(PLAYBOOK, extra=extra)
+    assert changed(repaired.stdout) == 1
+    assert dbpair.sql_target(f"SELECT has_function_privilege('public', '{FUNCTION}', 'EXECUTE')") == [(False,)]
