@@ -87,9 +87,7 @@ def main() -> None:
 
     p = module.params
     try:
-        cfg = config.load(p["config"])
-        if p["direction"] == "reverse":
-            cfg = cfg.reversed()
+        cfg = config.load(p["config"], reverse=p["direction"] == "reverse")
         if module.check_mode:
             module.exit_json(changed=False, applied=0, status=status.collect(cfg, p["direction"]))
         applied = 0

@@ -62,9 +62,7 @@ def main() -> None:
     from great_escape import config, status
 
     try:
-        cfg = config.load(module.params["config"])
-        if module.params["direction"] == "reverse":
-            cfg = cfg.reversed()
+        cfg = config.load(module.params["config"], reverse=module.params["direction"] == "reverse")
         s = status.collect(cfg, module.params["direction"])
     except Exception as exc:  # noqa: BLE001 - mapped to fail_json by fail_from
         fail_from(module, exc)

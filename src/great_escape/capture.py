@@ -347,9 +347,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    cfg = config.load(args.config)
-    if args.reverse:
-        cfg = cfg.reversed()
+    cfg = config.load(args.config, reverse=args.reverse)
     present = args.action == "install"
     freeze = None if args.no_freeze else present
     p = run(cfg, state="present" if present else "absent", freeze=freeze, check=args.check)

@@ -44,7 +44,13 @@ class Config:
         return replace(self, source=self.target, target=self.source)
 
 
-def load(path: str | Path) -> Config:
+def load(path: str | Path, *, reverse: bool = False) -> Config:
+    """The configuration in `path`; with reverse, as the reverse sync sees it (sides swapped)."""
+    cfg = _load(path)
+    return cfg.reversed() if reverse else cfg
+
+
+def _load(path: str | Path) -> Config:
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except OSError as exc:

@@ -32,7 +32,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -846,22 +845,3 @@ def _status_main(args: argparse.Namespace) -> int:
         s["range_problems"] = check_range(cfg, "forward" if s["live"] == "source" else "reverse")
     print(json.dumps(s, indent=2, default=str))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m great_escape.cutover cutover|rollback|cutover-status ...`, the same as the great-escape CLI."""
-    parser = argparse.ArgumentParser(prog="great-escape")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except GreatEscapeError as exc:
-        print(f"great-escape: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

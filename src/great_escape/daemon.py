@@ -155,9 +155,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    cfg = config.load(args.config)
-    if args.reverse:
-        cfg = cfg.reversed()
+    cfg = config.load(args.config, reverse=args.reverse)
     proc = SyncProcess(cfg, direction=direction_of(args.reverse))
     signal.signal(signal.SIGTERM, proc.stop)
     signal.signal(signal.SIGINT, proc.stop)

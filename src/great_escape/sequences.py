@@ -267,9 +267,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    cfg = configmod.load(args.config)
-    if args.reverse:
-        cfg = cfg.reversed()
+    cfg = configmod.load(args.config, reverse=args.reverse)
     plan = copy_sequences(cfg.source, cfg.target, cfg.schemas, cfg.exclude_tables, args.allow_backwards,
                           args.check)
     if args.json:

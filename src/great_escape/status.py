@@ -93,9 +93,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    cfg = config.load(args.config)
-    if args.reverse:
-        cfg = cfg.reversed()
+    cfg = config.load(args.config, reverse=args.reverse)
     s = collect(cfg, direction_of(args.reverse))
     if args.json:
         print(json.dumps(s, indent=2, default=str))

@@ -458,9 +458,7 @@ def add_parser(subparsers: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     """Exit 0 when every table is equal, 1 when any differs."""
-    cfg = configmod.load(args.config)
-    if args.reverse:
-        cfg = cfg.reversed()
+    cfg = configmod.load(args.config, reverse=args.reverse)
     report = verify(cfg.source, cfg.target, cfg.schemas, cfg.exclude_tables, args.table,
                     VerifyOptions(args.range_rows, args.recheck, args.recheck_wait, args.sample))
     if args.json:
