@@ -42,6 +42,10 @@ class CaptureError(GreatEscapeError):
     """Installing or removing change capture failed."""
 
 
+class RestoreError(GreatEscapeError):
+    """The restore cannot go on; the message names the object and the fix."""
+
+
 class SequenceError(GreatEscapeError):
     """Sequences cannot be copied; `problems` names every offending sequence."""
 

@@ -1,0 +1,288 @@
+"""Target-side steps of the restore phase, called by roles/restore on the replication host.
+
+    python -m great_escape.restore toc-filter IN OUT          # drop what the project installed on the source
+    python -m great_escape.restore data-progress --toc L --log F --dump-dir D [--state-dir S]
+    python -m great_escape.restore restore-errors --log F     # only "already exists" allowed on a re-run
+    python -m great_escape.restore {check-target,truncate,grant,bigint} < request.json
+
+Commands that connect read one JSON request on stdin (`target`, `source`: libpq parameters with the
+password, `schemas`, ...), so passwords never appear on a command line; each prints one JSON result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from . import bigint, db, progress
+from .catalog import PROJECT_SCHEMAS, SYSTEM_SCHEMAS, list_tables
+from .errors import ConfigError, GreatEscapeError, RestoreError
+
+CAPTURE_TRIGGER_PREFIX = "ge_capture"
+FREEZE_EVENT_TRIGGER = "ge_schema_freeze"
+
+# TOC descriptions of more than one word (pg_dump's te->desc); the longest match wins.
+_MULTIWORD_DESCS = sorted((
+    "FK CONSTRAINT", "CHECK CONSTRAINT", "TABLE DATA", "TABLE ATTACH", "INDEX ATTACH", "SEQUENCE SET",
+    "SEQUENCE OWNED BY", "EVENT TRIGGER", "DEFAULT ACL", "MATERIALIZED VIEW", "MATERIALIZED VIEW DATA",
+    "FOREIGN TABLE", "FOREIGN DATA WRAPPER", "FOREIGN SERVER", "USER MAPPING", "SECURITY LABEL",
+    "ROW SECURITY", "SHELL TYPE", "OPERATOR CLASS", "OPERATOR FAMILY", "PROCEDURAL LANGUAGE",
+    "ACCESS METHOD", "LARGE OBJECT", "BLOB METADATA", "PUBLICATION TABLE", "PUBLICATION TABLES IN SCHEMA",
+    "TEXT SEARCH CONFIGURATION", "TEXT SEARCH DICTIONARY", "TEXT SEARCH PARSER", "TEXT SEARCH TEMPLATE",
+    "DATABASE PROPERTIES", "DUMMY TYPE", "EXTENDED STATISTICS", "EXTENDED STATISTICS DATA",
+), key=len, reverse=True)
+_ENTRY = re.compile(r"^(\d+); (\d+) (\d+) (.*)$")
+_LABELS = ("COMMENT", "ACL", "SECURITY LABEL")
+
+
+@dataclass(frozen=True)
+class TocEntry:
+    dump_id: int
+    desc: str
+    schema: str  # "-" when the object has none
+    tag: str  # the object's name; "table name" for triggers and constraints
+    line: str
+
+
+def parse_toc_line(line: str) -> TocEntry | None:
+    """One `pg_restore -l` line (`ID; TABLEOID OID DESC SCHEMA TAG OWNER`), None for comments."""
+    m = _ENTRY.match(line.rstrip("\n"))
+    if not m:
+        return None
+    rest = m.group(4)
+    desc = next((d for d in _MULTIWORD_DESCS if rest.startswith(d + " ")), rest.split(" ", 1)[0])
+    after = rest[len(desc) + 1:]
+    schema, _, tag_owner = after.partition(" ")
+    tag = tag_owner.rsplit(" ", 1)[0] if " " in tag_owner else tag_owner
+    return TocEntry(int(m.group(1)), desc, schema, tag, line.rstrip("\n"))
+
+
+def is_project_object(entry: TocEntry) -> bool:
+    """What the project installs on the source: its schemas, the capture triggers, the schema freeze."""
+    if entry.schema in PROJECT_SCHEMAS:
+        return True
+    if entry.desc == "SCHEMA" and entry.tag in PROJECT_SCHEMAS:
+        return True
+    if entry.desc == "TRIGGER" and entry.tag.rsplit(" ", 1)[-1].startswith(CAPTURE_TRIGGER_PREFIX):
+        return True
+    if entry.desc == "EVENT TRIGGER" and entry.tag == FREEZE_EVENT_TRIGGER:
+        return True
+    if entry.desc in _LABELS:
+        return (entry.tag in {f"SCHEMA {s}" for s in PROJECT_SCHEMAS}
+                or entry.tag == f"EVENT TRIGGER {FREEZE_EVENT_TRIGGER}"
+                or entry.tag.startswith(f"TRIGGER {CAPTURE_TRIGGER_PREFIX}"))
+    return False
+
+
+def filter_toc(lines: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(the list for `pg_restore -L`, the dropped entries). Dropped lines stay as comments so the
+    list documents what was left out."""
+    out: list[str] = []
+    dropped: list[str] = []
+    for line in lines:
+        entry = parse_toc_line(line)
+        if entry is not None and is_project_object(entry):
+            dropped.append(entry.line)
+            out.append(f";great-escape dropped: {entry.line}")
+        else:
+            out.append(line.rstrip("\n"))
+    return out, dropped
+
+
+def table_data_files(toc_lines: Iterable[str], dump_dir: Path) -> dict[int, int]:
+    """dump id -> bytes of its data file, for every TABLE DATA entry the list restores."""
+    sizes = {}
+    for line in toc_lines:
+        entry = parse_toc_line(line)
+        if entry is None or entry.desc != "TABLE DATA":
+            continue
+        files = sorted(dump_dir.glob(f"{entry.dump_id}.dat*"))
+        sizes[entry.dump_id] = sum(f.stat().st_size for f in files)
+    return sizes
+
+
+_FINISHED = re.compile(r"finished item (\d+) TABLE DATA ")
+_PROCESSING = re.compile(r"processing item (\d+) TABLE DATA ")
+
+
+def finished_items(log_text: str) -> set[int]:
+    """Dump ids whose data pg_restore -v reported done. Serial runs (-j 1) log only the start of an
+    item, so an item there counts as done once the next one starts (or the run ends)."""
+    done = {int(m) for m in _FINISHED.findall(log_text)}
+    started = [int(m) for m in _PROCESSING.findall(log_text)]
+    if started and not done:
+        done = set(started[:-1])
+    return done
+
+
+# What a post-data re-run meets for objects the failed run created; a primary key that exists
+# is reported as a second primary key, not as "already exists".
+_ALREADY_THERE = ("already exists", "multiple primary keys for table")
+
+
+def restore_errors(log_text: str) -> tuple[list[str], list[str]]:
+    """(all SQL errors, those not saying the object is already there) from a pg_restore log."""
+    errors = [line.split("ERROR:", 1)[1].strip() for line in log_text.splitlines() if "ERROR:" in line]
+    return errors, [e for e in errors if not any(marker in e for marker in _ALREADY_THERE)]
+
+
+def app_schemas(conn: psycopg.Connection[Any], schemas: list[str] | None) -> list[str]:
+    """The application's schemas on this database: `schemas`, else all but system and project ones."""
+    rows = conn.execute(
+        "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname <> ALL(%s) AND nspname NOT LIKE 'pg\\_%%' "
+        "AND (%s::text[] IS NULL OR nspname = ANY(%s)) ORDER BY nspname",
+        (list(SYSTEM_SCHEMAS + PROJECT_SCHEMAS), schemas or None, schemas or None)).fetchall()
+    conn.rollback()
+    return [r[0] for r in rows]
+
+
+def check_target(conn: psycopg.Connection[Any], schemas: list[str] | None) -> dict[str, Any]:
+    """The application tables already on the target, and which of them hold rows."""
+    tables = list_tables(conn, schemas or None)
+    with_rows = []
+    for t in tables:
+        row = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(t.ident)).fetchone()
+        if row and row[0]:
+            with_rows.append(t.qualname)
+    conn.rollback()
+    return {"tables": [t.qualname for t in tables], "with_rows": with_rows}
+
+
+def truncate_tables(conn: psycopg.Connection[Any], schemas: list[str] | None) -> list[str]:
+    """Empty every application table on the target in one statement (before a data re-load)."""
+    tables = list_tables(conn, schemas or None)
+    if tables:
+        with conn.transaction():
+            conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(t.ident for t in tables)))
+    return [t.qualname for t in tables]
+
+
+def grant_user(conn: psycopg.Connection[Any], schemas: list[str] | None, user: str) -> list[str]:
+    """What the sync needs as `user`: USAGE on the schemas, DML + TRUNCATE on tables, sequences."""
+    names = app_schemas(conn, schemas)
+    grantee = sql.Identifier(user)
+    with conn.transaction():
+        for name in names:
+            schema = sql.Identifier(name)
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, grantee))
+            conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA {} "
+                                 "TO {}").format(schema, grantee))
+            conn.execute(sql.SQL("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {} TO {}")
+                         .format(schema, grantee))
+    return names
+
+
+def _request() -> dict[str, Any]:
+    try:
+        req = json.load(sys.stdin)
+    except ValueError as exc:
+        raise ConfigError(f"the request on stdin is not JSON: {exc}") from exc
+    if not isinstance(req, dict):
+        raise ConfigError("the request on stdin must be a JSON object")
+    return req
+
+
+def _endpoint(req: dict[str, Any], side: str) -> dict[str, Any]:
+    params = req.get(side)
+    if not isinstance(params, dict):
+        raise ConfigError(f"the request has no '{side}' connection parameters")
+    return params
+
+
+def _with_target(func: Any) -> Any:
+    req = _request()
+    with db.connect(_endpoint(req, "target"), "restore") as conn:
+        return func(conn, req)
+
+
+def _cmd(args: argparse.Namespace) -> Any:
+    if args.command == "toc-filter":
+        kept, dropped = filter_toc(Path(args.infile).read_text().splitlines())
+        Path(args.outfile).write_text("\n".join(kept) + "\n")
+        return {"dropped": dropped, "entries": sum(1 for line in kept if _ENTRY.match(line))}
+    if args.command == "restore-errors":
+        errors, unexpected = restore_errors(Path(args.log).read_text(errors="replace"))
+        return {"errors": errors, "unexpected": unexpected}
+    if args.command == "data-progress":
+        return _data_progress(args)
+    if args.command == "check-target":
+        return _with_target(lambda conn, req: check_target(conn, req.get("schemas")))
+    if args.command == "truncate":
+        return _with_target(lambda conn, req: {"truncated": truncate_tables(conn, req.get("schemas"))})
+    if args.command == "grant":
+        return _with_target(lambda conn, req: {"schemas": grant_user(conn, req.get("schemas"), req["user"])})
+    if args.command == "bigint":
+        req = _request()
+        with db.connect(_endpoint(req, "source"), "restore bigint") as src:
+            plan = bigint.plan_bigint(src, req.get("schemas"), req.get("mode", "auto"),
+                                      req.get("include"), req.get("exclude"))
+        if req.get("check"):
+            return dict(plan.as_dict(), queries=[])
+        with db.connect(_endpoint(req, "target"), "restore bigint") as dst:
+            return dict(plan.as_dict(), queries=bigint.apply_bigint(dst, plan))
+    raise AssertionError(args.command)
+
+
+def _data_progress(args: argparse.Namespace) -> dict[str, Any]:
+    toc = Path(args.toc).read_text().splitlines()
+    sizes = table_data_files(toc, Path(args.dump_dir))
+    log = Path(args.log)
+    done = finished_items(log.read_text(errors="replace")) if log.exists() else set()
+    if args.finished:
+        done = set(sizes)
+    done &= set(sizes)
+    result = {"tables_done": len(done), "tables_total": len(sizes),
+              "bytes_done": sum(sizes[i] for i in done), "bytes_total": sum(sizes.values())}
+    if args.state_dir:
+        p = progress.record(Path(args.state_dir), args.phase, result["bytes_done"], result["bytes_total"],
+                            state="done" if args.finished else "running", restart=args.restart,
+                            detail=f"data: {len(done)}/{len(sizes)} tables (dump bytes)")
+        result["line"] = progress.format_line(p)
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m great_escape.restore", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    toc = sub.add_parser("toc-filter", help="write a pg_restore -L list without the project's objects")
+    toc.add_argument("infile")
+    toc.add_argument("outfile")
+    errs = sub.add_parser("restore-errors", help="SQL errors in a pg_restore log")
+    errs.add_argument("--log", required=True)
+    dp = sub.add_parser("data-progress", help="tables and dump bytes restored so far")
+    dp.add_argument("--toc", required=True)
+    dp.add_argument("--log", required=True)
+    dp.add_argument("--dump-dir", required=True)
+    dp.add_argument("--state-dir")
+    dp.add_argument("--phase", default="restore")
+    dp.add_argument("--finished", action="store_true", help="pg_restore exited 0: everything is done")
+    dp.add_argument("--restart", action="store_true")
+    for name in ("check-target", "truncate", "grant", "bigint"):
+        sub.add_parser(name, help="reads a JSON request on stdin")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = _cmd(args)
+    except GreatEscapeError as exc:
+        print(json.dumps({"error": str(exc), "sqlstate": exc.sqlstate}))
+        print(f"great-escape restore: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
