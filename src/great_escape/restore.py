@@ -25,7 +25,7 @@ from psycopg import sql
 
 from . import bigint, db, progress
 from .catalog import PROJECT_SCHEMAS, SYSTEM_SCHEMAS, list_tables
-from .errors import ConfigError, GreatEscapeError, RestoreError
+from .errors import ConfigError, GreatEscapeError
 
 CAPTURE_TRIGGER_PREFIX = "ge_capture"
 FREEZE_EVENT_TRIGGER = "ge_schema_freeze"
