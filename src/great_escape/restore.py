@@ -24,11 +24,11 @@ import psycopg
 from psycopg import sql
 
 from . import bigint, db, progress
+from .capture import FREEZE_TRIGGERS
 from .catalog import PROJECT_SCHEMAS, SYSTEM_SCHEMAS, list_tables
 from .errors import ConfigError, GreatEscapeError
 
 CAPTURE_TRIGGER_PREFIX = "ge_capture"
-FREEZE_EVENT_TRIGGER = "ge_schema_freeze"
 
 # TOC descriptions of more than one word (pg_dump's te->desc); the longest match wins.
 _MULTIWORD_DESCS = sorted((
@@ -74,11 +74,11 @@ def is_project_object(entry: TocEntry) -> bool:
         return True
     if entry.desc == "TRIGGER" and entry.tag.rsplit(" ", 1)[-1].startswith(CAPTURE_TRIGGER_PREFIX):
         return True
-    if entry.desc == "EVENT TRIGGER" and entry.tag == FREEZE_EVENT_TRIGGER:
+    if entry.desc == "EVENT TRIGGER" and entry.tag in FREEZE_TRIGGERS:
         return True
     if entry.desc in _LABELS:
         return (entry.tag in {f"SCHEMA {s}" for s in PROJECT_SCHEMAS}
-                or entry.tag == f"EVENT TRIGGER {FREEZE_EVENT_TRIGGER}"
+                or entry.tag in {f"EVENT TRIGGER {t}" for t in FREEZE_TRIGGERS}
                 or entry.tag.startswith(f"TRIGGER {CAPTURE_TRIGGER_PREFIX}"))
     return False
 

@@ -8,6 +8,7 @@ TOC = """;
 3219; 2620 16420 TRIGGER public orders audit_row postgres
 3217; 2606 16412 FK CONSTRAINT public Order Lines Order Lines_order_id_fkey postgres
 3300; 3466 16500 EVENT TRIGGER - ge_schema_freeze postgres
+3310; 3467 16501 EVENT TRIGGER - ge_schema_freeze_drop postgres
 3301; 0 0 COMMENT - EVENT TRIGGER ge_schema_freeze postgres
 3302; 2615 16600 SCHEMA - ge_capture postgres
 3303; 1255 16601 FUNCTION ge_capture capture() postgres
@@ -25,7 +26,7 @@ def test_parse_multiword_desc_and_names_with_spaces():
 
 def test_filter_drops_exactly_the_project_objects():
     kept, dropped = filter_toc(TOC.splitlines())
-    assert [int(line.split(";")[0]) for line in dropped] == [3218, 3300, 3301, 3302, 3303, 3366]
+    assert [int(line.split(";")[0]) for line in dropped] == [3218, 3300, 3310, 3301, 3302, 3303, 3366]
     live = [line for line in kept if line and not line.startswith(";")]
     assert [int(line.split(";")[0]) for line in live] == [3219, 3217, 3365]
     assert len(kept) == len(TOC.splitlines())  # dropped entries stay visible as comments
