@@ -79,8 +79,9 @@ def load_pairs(source: psycopg.Connection[Any], target: psycopg.Connection[Any])
 
 
 class Applier:
-    """Applies batches from `source` to `target`. Both connections are owned by the caller; `target` must
-    already run with session_replication_role = replica (db.set_replica_role)."""
+    """Applies batches from `source` to `target`. Both connections are owned by the caller; `target` must be
+    in autocommit mode (each batch is one explicit transaction) and already run with
+    session_replication_role = replica (db.set_replica_role)."""
 
     def __init__(self, source: psycopg.Connection[Any], target: psycopg.Connection[Any], pairs: dict[int, Pair],
                  *, name: str, direction: str, batch_size: int):
@@ -91,6 +92,8 @@ class Applier:
         self.direction = direction
         self.batch_size = batch_size
         self._window: deque[tuple[float, int]] = deque()
+        if not target.autocommit:
+            raise ValueError("the target connection must be in autocommit mode")
         source.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
 
     def rate(self) -> float:
@@ -107,6 +110,9 @@ class Applier:
         """Apply one batch; returns what it did. Nothing pending: an empty result, no target transaction."""
         result = BatchResult()
         failed: tuple[Pair, psycopg.Error] | None = None
+        if self.source.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            raise SyncError("internal: the source connection is inside a transaction before a batch; "
+                            "its snapshot would not be the batch's own")
         try:
             truncated = self._truncated()
             pending = self._pending()

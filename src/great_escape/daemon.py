@@ -43,6 +43,7 @@ class SyncProcess:
         self.cfg = cfg
         self.direction = direction
         self.stopping = False
+        self.reload_interval = 30.0  # seconds between re-reads of the captured tables and their columns
         self._conns: list[psycopg.Connection[Any]] = []
 
     # ------------------------------------------------------------ connections
@@ -51,7 +52,9 @@ class SyncProcess:
         purpose = f"sync {self.cfg.name} {self.direction}"
         source = db.connect(self.cfg.source, purpose)
         self._conns = [source]
-        target = db.connect(self.cfg.target, purpose)
+        # Autocommit: every target transaction is an explicit one (the batch), so no statement outside a batch
+        # can leave a transaction open that would turn the next batch into an uncommitted savepoint.
+        target = db.connect(self.cfg.target, purpose, autocommit=True)
         self._conns.append(target)
         listener = db.connect(self.cfg.source, purpose + " listen", autocommit=True)
         self._conns.append(listener)
@@ -67,7 +70,6 @@ class SyncProcess:
         if not pairs:
             raise SyncError(f"no captured tables on {db.describe(self.cfg.source)}; run the capture phase first")
         source.commit()
-        target.commit()
         log.info("connected: %s -> %s, %d tables, replica role by %s", db.describe(self.cfg.source),
                  db.describe(self.cfg.target), len(pairs), method)
         return apply.Applier(source, target, pairs, name=self.cfg.name, direction=self.direction,
@@ -121,7 +123,7 @@ class SyncProcess:
                 return total
             if not result.deltas:
                 self._wait(listener)
-            if time.monotonic() - checked > 30:  # new or vanished tables, changed columns
+            if time.monotonic() - checked > self.reload_interval:  # new or vanished tables, changed columns
                 applier.pairs = apply.load_pairs(applier.source, applier.target)
                 applier.source.rollback()
                 checked = time.monotonic()

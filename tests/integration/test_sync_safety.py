@@ -136,3 +136,29 @@ def test_source_table_that_disappears_is_named(dbpair, tmp_path):
     with pytest.raises(SyncError, match="public.gone .* has disappeared"):
         daemon.SyncProcess(cfg, direction="forward").run(drain=True)
     assert dbpair.sql_target("SELECT count(*) FROM stay")[0][0] == 0
+
+
+def test_changes_keep_arriving_across_table_reloads(dbpair, tmp_path):
+    """The daemon re-reads its tables now and then; every batch after that must still commit on the target
+    (a reload once left the target inside a transaction, so later batches were silently never committed)."""
+    import threading
+
+    setup_schema(dbpair, "CREATE TABLE t (id int PRIMARY KEY, v int)")
+    cfg = make_config(dbpair, tmp_path)
+    install_capture(cfg)
+    proc = daemon.SyncProcess(cfg, direction="forward")
+    proc.reload_interval = 0.3
+    runner = threading.Thread(target=proc.run, daemon=True)
+    runner.start()
+    try:
+        for i in range(1, 31):
+            dbpair.sql_source("INSERT INTO t VALUES (%s, %s)", (i, i))
+            time.sleep(0.1)
+        deadline = time.monotonic() + 30
+        while dbpair.sql_target("SELECT count(*) FROM t")[0][0] < 30 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # Seen from another session: committed, not merely applied inside an open transaction.
+        assert dbpair.sql_target("SELECT count(*) FROM t")[0][0] == 30
+    finally:
+        proc.stop()
+        runner.join(timeout=30)
