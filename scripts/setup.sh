@@ -7,7 +7,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 # PostgreSQL 15 and rsync/ssh for the migration; podman for molecule; the peers for the benchmarks.
-packages=(postgresql-15 postgresql-client-15 rsync openssh-server openssh-client podman catatonit uidmap
+packages=(postgresql-15 postgresql-client-15 postgresql-plperl-15 rsync openssh-server openssh-client podman catatonit uidmap
           bucardo pgcopydb postgresql-15-pglogical python3-venv)
 missing=()
 for p in "${packages[@]}"; do
@@ -27,4 +27,4 @@ fi
 .venv/bin/pip install -q -r requirements.txt -e . 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import great_escape, psycopg, ansible, moto, molecule" \
     || { echo "setup: the virtual environment is incomplete" >&2; exit 1; }
-echo "setup: ready ($(.venv/bin/ansible --version | head -1), $(.venv/bin/python --version))"
+echo "setup: ready (ansible-core $(.venv/bin/python -c "import ansible.release as r; print(r.__version__)"), $(.venv/bin/python --version))"

@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 
 SIDES = ("source", "target")
 STATUS_FILE = "cutover-status.json"
-STATE_TABLE = "cutover_state"
 WRITE_PRIVILEGES = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
 STOP_MODES = ("revoke", "wait")
 TARGET_ADMIN_PASSWORD_ENV = "GE_TARGET_ADMIN_PASSWORD"
@@ -125,25 +124,8 @@ def _ensure_state_table(conn: psycopg.Connection[Any]) -> None:
                 "CREATE TABLE IF NOT EXISTS {} (name text PRIMARY KEY, live text NOT NULL CHECK (live IN "
                 "('source', 'target')), changed_at timestamptz NOT NULL DEFAULT now(), "
                 "write_stops jsonb NOT NULL DEFAULT '{{}}')"
-            ).format(sql.Identifier(state.SCHEMA, STATE_TABLE))
+            ).format(sql.Identifier(state.SCHEMA, state.CUTOVER_TABLE))
         )
-
-
-def read_state(conn: psycopg.Connection[Any], name: str) -> dict[str, Any]:
-    """{live, changed_at, write_stops}; a migration never switched has the source live."""
-    exists = conn.execute("SELECT pg_catalog.to_regclass(%s)", (f"{state.SCHEMA}.{STATE_TABLE}",)).fetchone()
-    row = None
-    if exists and exists[0] is not None:
-        row = conn.execute(
-            sql.SQL("SELECT live, changed_at, write_stops FROM {} WHERE name = %s").format(
-                sql.Identifier(state.SCHEMA, STATE_TABLE)
-            ),
-            (name,),
-        ).fetchone()
-    conn.rollback()
-    if row is None:
-        return {"live": "source", "changed_at": None, "write_stops": {}}
-    return {"live": row[0], "changed_at": row[1], "write_stops": row[2] or {}}
 
 
 def _write_state(
@@ -158,14 +140,14 @@ def _write_state(
     with conn.transaction():
         conn.execute(
             sql.SQL("INSERT INTO {} (name, live) VALUES (%s, 'source') ON CONFLICT (name) DO NOTHING").format(
-                sql.Identifier(state.SCHEMA, STATE_TABLE)
+                sql.Identifier(state.SCHEMA, state.CUTOVER_TABLE)
             ),
             (name,),
         )
         if live is not None:
             conn.execute(
                 sql.SQL("UPDATE {} SET live = %s, changed_at = now() WHERE name = %s").format(
-                    sql.Identifier(state.SCHEMA, STATE_TABLE)
+                    sql.Identifier(state.SCHEMA, state.CUTOVER_TABLE)
                 ),
                 (live, name),
             )
@@ -174,7 +156,7 @@ def _write_state(
                 sql.SQL(
                     "UPDATE {} SET write_stops = CASE WHEN %s::jsonb = '[]' THEN write_stops - %s "
                     "ELSE jsonb_set(write_stops, ARRAY[%s], %s::jsonb) END WHERE name = %s"
-                ).format(sql.Identifier(state.SCHEMA, STATE_TABLE)),
+                ).format(sql.Identifier(state.SCHEMA, state.CUTOVER_TABLE)),
                 (Jsonb(stops or []), side, side, Jsonb(stops or []), name),
             )
 
@@ -494,7 +476,7 @@ def switch(
         db.connect(sides.admin[to], f"cutover {cfg.name}", autocommit=True) as tconn,
     ):
         with step("check"):
-            current = read_state(st, cfg.name)
+            current = state.read_cutover(st, cfg.name)
             _refuse_unless_live(cfg.name, action, frm, current)  # before anything is created or changed
             f_tables, t_tables = _scope(fconn, cfg), _scope(tconn, cfg)
             replicated = _replicated(fconn, tconn, frm)
@@ -603,9 +585,7 @@ def switch(
 
     if opts.start_sync and config_path:
         back_direction = "reverse" if direction == "forward" else "forward"
-        daemon.start_detached(
-            config_path, cfg.reversed() if back_direction == "reverse" else cfg, back_direction
-        )
+        daemon.start_detached(config_path, cfg, back_direction)  # cfg as in the file: forward orientation
         sw.sync_started = back_direction
     path = record_history(cfg.state_dir, sw, to)
     log.info(
@@ -727,7 +707,7 @@ def _undo_stop(
     try:
         st.rollback()
         fconn.rollback()
-        stops = read_state(st, name)["write_stops"].get(frm, [])
+        stops = state.read_cutover(st, name)["write_stops"].get(frm, [])
         grant_writes(fconn, stops)
         _write_state(st, name, side=frm, stops=[])
         log.error("%s of %s failed (%s); writes on the %s are allowed again", sw.action, name, exc, frm)
@@ -744,7 +724,7 @@ def _undo_stop(
 def current_state(cfg: configmod.Config) -> dict[str, Any]:
     """Which side is live, from the target's state table and the status file."""
     with db.connect(cfg.target, f"cutover {cfg.name} state") as conn:
-        s = read_state(conn, cfg.name)
+        s = state.read_cutover(conn, cfg.name)
     history = load_history(cfg.state_dir).get("switches", [])
     last = history[-1] if history else None
     return {

@@ -30,8 +30,13 @@ log = logging.getLogger("great_escape.sync")
 RECONNECT_MAX_DELAY = 30.0
 
 
-class Stop(Exception):
-    """SIGTERM or SIGINT arrived: stop after the current batch."""
+def check_live(original_target: psycopg.Connection[Any], name: str, direction: str) -> None:
+    """Refuse to sync from a side that is not live: after cutover only the reverse sync may run."""
+    cut = state.read_cutover(original_target, name)
+    if cut["live"] != state.sending_side(direction):
+        flow = "target -> source (the reverse sync)" if cut["live"] == "target" else "source -> target (forward)"
+        raise SyncError(f"the {direction} sync of {name} does not run: the {cut['live']} is live since "
+                        f"{cut['changed_at']}, so changes flow {flow}")
 
 
 def direction_of(reverse: bool) -> str:
@@ -63,6 +68,7 @@ class SyncProcess:
         if not lock or not lock[0]:
             raise SyncError(f"another {self.direction} sync of {self.cfg.name} is running against "
                             f"{db.describe(self.cfg.source)}; stop it first (one sync per direction)")
+        check_live(target if self.direction == "forward" else source, self.cfg.name, self.direction)
         listener.execute(f"LISTEN {capture.KICK_CHANNEL}")
         method = db.set_replica_role(target)
         state.ensure(target)
@@ -223,11 +229,19 @@ def supervise(cfg_path: str, cfg: config.Config, direction: str) -> int:
     return 0
 
 
-def start_detached(cfg_path: str, cfg: config.Config, direction: str) -> bool:
-    """Start the supervisor in its own session, logging to the state dir. False if it already runs."""
+def start_detached(cfg_path: str, cfg: config.Config, direction: str) -> str:
+    """Start the supervisor in its own session, logging to the state dir.
+
+    Returns "started", "already running", or "not started: <why>" when the sending side is not live.
+    """
     pidfile, logfile = _files(cfg, direction)
     if running_pid(pidfile):
-        return False
+        return "already running"
+    try:
+        with db.connect(cfg.target, f"supervise {cfg.name}", autocommit=True) as conn:
+            check_live(conn, cfg.name, direction)
+    except SyncError as exc:
+        return f"not started: {exc}"
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "great_escape.cli", "supervise", "run", "--config", cfg_path]
     if direction == "reverse":
@@ -239,7 +253,7 @@ def start_detached(cfg_path: str, cfg: config.Config, direction: str) -> bool:
         time.sleep(0.1)
     if not running_pid(pidfile):
         raise SyncError(f"the {direction} sync supervisor did not start; see {logfile}")
-    return True
+    return "started"
 
 
 def stop_detached(cfg: config.Config, direction: str, timeout: float = 60) -> bool:
@@ -272,7 +286,7 @@ def _supervise_main(args: argparse.Namespace) -> int:
     if args.action == "run":
         return supervise(args.config, cfg, direction)
     if args.action == "start":
-        print("started" if start_detached(args.config, cfg, direction) else "already running", f"(log: {logfile})")
+        print(start_detached(args.config, cfg, direction), f"(log: {logfile})")
     elif args.action == "stop":
         print("stopped" if stop_detached(cfg, direction) else "not running")
     else:

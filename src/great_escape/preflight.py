@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from . import catalog, db
+from . import catalog, db, state
 from .errors import ConnectError, PreflightError
 
 MIN_SOURCE_VERSION = 110000  # trigger capture uses features of PostgreSQL 11 (partitioned tables with keys)
@@ -326,7 +326,12 @@ def _check_target(conn: psycopg.Connection[Any], inputs: Inputs, tables: list[ca
             )
     if tables:
         with_data = _check(report, "existing data", where, _tables_with_data, conn, tables)
-        if with_data:
+        ours = conn.execute("SELECT pg_catalog.to_regnamespace(%s) IS NOT NULL", (state.SCHEMA,)).fetchone()
+        if with_data and ours and ours[0]:
+            # The prepare-target phase ran here: this is a migration run again, and the rows are its own.
+            report.warnings.append(f"{where}: {len(with_data)} table(s) already hold rows from this migration "
+                                   "(schema great_escape exists): the phases carry on from where they stopped")
+        elif with_data:
             report.problems.append(
                 f"{where}: {len(with_data)} table(s) to migrate already hold rows on the target: "
                 f"{_names(with_data)}. Migrate into an empty database: drop or empty them (or point "

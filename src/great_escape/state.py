@@ -12,6 +12,7 @@ from . import capture
 from .errors import SyncError
 
 SCHEMA = "great_escape"
+CUTOVER_TABLE = "cutover_state"
 
 _DDL = (
     "CREATE TABLE IF NOT EXISTS {schema}.sync_state ("
@@ -78,3 +79,27 @@ def read(conn: psycopg.Connection[Any], name: str, direction: str) -> tuple[dict
                     (name, direction))
         tables = {r.pop("table_name"): r for r in cur.fetchall()}
     return totals, tables
+
+
+def read_cutover(conn: psycopg.Connection[Any], name: str) -> dict[str, Any]:
+    """{live, changed_at, write_stops} of the migration `name`; one never switched has the source live.
+
+    Kept on the target (great_escape.cutover_state), written by the cutover and rollback."""
+    exists = conn.execute("SELECT pg_catalog.to_regclass(%s)", (f"{SCHEMA}.{CUTOVER_TABLE}",)).fetchone()
+    row = None
+    if exists and exists[0] is not None:
+        row = conn.execute(
+            sql.SQL("SELECT live, changed_at, write_stops FROM {} WHERE name = %s").format(
+                sql.Identifier(SCHEMA, CUTOVER_TABLE)
+            ),
+            (name,),
+        ).fetchone()
+    conn.rollback()
+    if row is None:
+        return {"live": "source", "changed_at": None, "write_stops": {}}
+    return {"live": row[0], "changed_at": row[1], "write_stops": row[2] or {}}
+
+
+def sending_side(direction: str) -> str:
+    """The side that must be live for a sync of `direction` to run."""
+    return "source" if direction == "forward" else "target"

@@ -246,6 +246,10 @@ def test_cutover_twice_and_rollback_without_cutover_are_refused_changing_nothing
     )
     assert len(json.loads((tmp_path / cutover.STATUS_FILE).read_text())["switches"]) == 1
     assert daemon.running_pid(tmp_path / "sync-reverse.pid")
+    # With the target live, the forward sync refuses to run: the source's old state must not flow in.
+    assert daemon.start_detached(str(conf), cfg, "forward").startswith("not started: the forward sync")
+    with pytest.raises(SyncError, match="forward sync .* does not run: the target is live"):
+        daemon.SyncProcess(cfg, direction="forward").run(drain=True)
 
 
 def test_bigint_value_on_the_target_stops_the_way_back_naming_table_column_and_key(

@@ -32,8 +32,11 @@ def _fingerprint(conn: Any, table: Table) -> list[Any]:
     columns = [c.name for c in table.columns if not c.generated]
     query = sql.SQL(
         "SELECT count(*), coalesce(md5(string_agg(row_text, E'\\n' ORDER BY {order})), '') "
-        "FROM (SELECT {key}, ({cols})::text AS row_text FROM ONLY {table}) AS r"
+        "FROM (SELECT {key}, ({cols})::text AS row_text FROM {only} {table}) AS r"
     ).format(
+        # A partitioned table's rows are in its partitions: read through it; ONLY everywhere else, so
+        # an inheritance child is not counted twice.
+        only=sql.SQL("" if table.partitioned else "ONLY"),
         order=sql.SQL(", ").join(sql.Identifier(k) for k in table.key),
         key=sql.SQL(", ").join(sql.Identifier(k) for k in table.key),
         cols=sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in columns)),
