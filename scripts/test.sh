@@ -19,7 +19,10 @@ for m in library/*.py; do
 done
 
 echo "== pytest"
-python -m pytest -q -p no:cacheprovider tests
+pytest_log=$(mktemp)
+python -m pytest -q -p no:cacheprovider tests 2>&1 | tee "$pytest_log"
+pytest_status=${PIPESTATUS[0]}
+[ "$pytest_status" -eq 0 ] || exit "$pytest_status"
 
 if [ -z "${GE_SKIP_MOLECULE:-}" ]; then
     echo "== molecule"
@@ -29,3 +32,7 @@ if [ -z "${GE_SKIP_BENCH:-}" ]; then
     echo "== quick benchmarks (no timing assertions)"
     bash bench/run-quick.sh
 fi
+
+# The test count, as the last line (molecule and the benchmarks print their own lines above).
+tail -n 1 "$pytest_log"
+rm -f "$pytest_log"

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,41 @@ def test_migrate_with_writes_running(dbpair, run_playbook, inventory):
     assert dbpair.sql_target("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'ge\\_%'")[0][0] == 0
     assert dbpair.sql_target("SELECT count(*) FROM pg_event_trigger")[0][0] == 0
 
+
+
+def _run_until(cmd: list[str], env: dict[str, str], marker: str, delay: float) -> None:
+    """Run ansible-playbook and kill it (the whole process group, as a lost terminal would) `delay`
+    seconds after a line containing `marker` appears."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if marker in line:
+            time.sleep(delay)
+            break
+    else:
+        raise AssertionError(f"the run ended before {marker!r}")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_migrate_killed_during_dump_and_restore_then_run_again(dbpair, run_playbook, inventory):
+    subprocess.run([sys.executable, str(ROOT / "demo/sample.py"), "--host", dbpair.source["host"], "--port",
+                    str(dbpair.source["port"]), "--dbname", dbpair.source["dbname"], "--scale", "0.01"],
+                   env=dict(os.environ, GE_SOURCE_PASSWORD=dbpair.source["password"]), check=True,
+                   capture_output=True)
+    cmd = [str(Path(sys.executable).with_name("ansible-playbook")), "-i", str(inventory), str(ROOT / "migrate.yml")]
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    workload = _workload(dbpair)
+    try:
+        _run_until(cmd, env, "TASK [dump : Follow pg_dump until it ends]", 0.5)
+        _run_until(cmd, env, "TASK [restore : Run pg_restore for the data]", 1.0)
+        run_playbook("migrate.yml", extra={"ge_sync_max_lag": 5})
+    finally:
+        workload.send_signal(signal.SIGTERM)
+        workload.communicate(timeout=60)
+    local = yaml.safe_load((inventory / "group_vars/all/main.yml").read_text())
+    cfg = config.load(Path(local["ge_local_root"]) / "state" / "great-escape.yml")
+    run_playbook("playbooks/07_sync.yml", extra={"sync_state": "stopped"})
+    daemon.SyncProcess(cfg, direction="forward").run(drain=True)
+    assert_identical(dbpair)

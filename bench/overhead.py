@@ -1,0 +1,126 @@
+"""Benchmark 2: capture overhead. pgbench TPS (tpcb-like, -c 4 -j 2, fixed duration) on a database with
+great-escape's capture installed, with Bucardo 5.6's triggers installed (by `bucardo add sync`), and with
+none; runs alternate none, great-escape, bucardo, none, ... so drift on the shared machine hits all alike.
+
+    python -m bench overhead [--scale quick|medium|full]
+
+Only the triggers are measured: neither sync process runs (on two cores it would compete with pgbench
+for CPU and measure the machine, not the trigger). Goal: median TPS ratio great-escape/none >= 0.90.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg import sql
+
+from . import common as c
+from . import replicators as r
+
+# scale -> (pgbench scale, seconds per run, rounds)
+SIZES = {"quick": (2, 5, 1), "medium": (10, 30, 3), "full": (10, 60, 5)}
+CLIENTS, THREADS = 4, 2
+VARIANTS = ("none", "great-escape", "bucardo")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    c.install_signal_handlers()
+    args = c.parse_args(__doc__ or "", argv)
+    scale, seconds, rounds = SIZES[args.scale]
+    skipped = {v: why for v in VARIANTS if v != "none" and (why := r.available(v))}
+    variants = [v for v in VARIANTS if v not in skipped]
+    with c.clusters("overhead", 1, ["source", "aurora"], args.scale, keep=args.keep) as (source, target):
+        work = source.datadir.parent / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        template = c.create_database(source, "ov_template")
+        c.pgbench_init(template, scale, timeout=600)
+        dump = work / "template.dump"
+        c.run([c.pg_tool("pg_dump"), "-Fc", "-f", str(dump)], env=c.pg_env(template), timeout=600,
+              what="pg_dump of the template")
+        tools: list[r.Replicator] = []
+        dbs: dict[str, dict[str, Any]] = {}
+        try:
+            for variant in variants:
+                name = "ov_" + variant.replace("-", "_")
+                if variant == "none":
+                    dbs[variant] = c.create_database(source, name, template="ov_template")
+                    continue
+                pair = r.make_pair(source, target, "ov_template", name, dump, timeout=600)
+                tool = r.TOOLS[variant](pair, work)
+                tools.append(tool)
+                tool.install()
+                dbs[variant] = pair.source
+            tps: dict[str, list[float]] = {v: [] for v in variants}
+            for round_no in range(rounds):
+                for variant in variants:
+                    c.execute(c.superuser(source), "CHECKPOINT")
+                    result = c.pgbench(dbs[variant],
+                                       ["-c", str(CLIENTS), "-j", str(THREADS), "-T", str(seconds)],
+                                       timeout=seconds * 3 + 60)
+                    tps[variant].append(result.tps)
+                    print(f"overhead: round {round_no + 1}/{rounds} {variant}: {result.tps:.0f} tps",
+                          file=sys.stderr, flush=True)
+            changes = {v: _pending_changes(v, dbs[v]) for v in variants if v != "none"}
+        finally:
+            for tool in tools:
+                tool.cleanup()
+        body = _report(tps, changes, skipped, scale, seconds, rounds, template, args.scale)
+        c.write_results(args.results, "overhead", "2. Capture overhead", body, args.scale)
+    return 0
+
+
+# Where each tool keeps its delta rows: (schema, table name prefix).
+DELTA_TABLES = {"great-escape": ("ge_capture", "d_"), "bucardo": ("bucardo", "delta_")}
+
+
+def _pending_changes(variant: str, params: dict[str, Any]) -> int:
+    """Rows the capture recorded: proof that the triggers fired at all."""
+    schema, prefix = DELTA_TABLES[variant]
+    names = c.query(params, "SELECT c.relname FROM pg_catalog.pg_class c "
+                            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                            "WHERE n.nspname = %s AND c.relkind = 'r' AND starts_with(c.relname, %s)",
+                    (schema, prefix))
+    counts = [c.query(params, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, name)))[0][0]
+              for (name,) in names]
+    return sum(int(n) for n in counts)
+
+
+def _report(tps: dict[str, list[float]], changes: dict[str, int], skipped: dict[str, str], scale: int,
+            seconds: int, rounds: int, params: dict[str, Any], scale_name: str) -> str:
+    base = c.median(tps["none"])
+    rows = []
+    for variant, values in tps.items():
+        med = c.median(values)
+        per_round = [v / n for v, n in zip(values, tps["none"], strict=True)]
+        rows.append([variant, med, med / base, c.median(per_round), ", ".join(f"{v:.0f}" for v in values),
+                     changes.get(variant, "-")])
+    lines = [
+        f"Data: pgbench scale {scale}, pgbench_history given a bigserial primary key in every variant alike; "
+        f"tpcb-like, -c {CLIENTS} -j {THREADS} -T {seconds}, {rounds} round(s) alternating "
+        f"{', '.join(tps)}; CHECKPOINT before each run; each variant in its own database cloned from one "
+        "template on one cluster.",
+        f"Machine: {c.machine(params)}.",
+        "Bucardo: the real Bucardo 5.6 (`bucardo install`, `add table all`, `add sync ... autokick=1`), so "
+        "its delta, kick and truncate triggers are exactly the ones Bucardo installs; great-escape: "
+        "`great-escape capture install --no-freeze`. Sync processes not running; delta rows accumulate "
+        "across rounds for both.",
+        "",
+        c.table(["variant", "median tps", "x none (medians)", "x none (median of per-round ratios)",
+                 "tps per run", "delta rows recorded"], rows),
+    ]
+    for variant, why in skipped.items():
+        lines.append(f"\n{variant}: not run ({why}).")
+    if "great-escape" in tps:
+        ratio = c.median(tps["great-escape"]) / base
+        verdict = c.goal(ratio, 0.90, "higher") if scale_name != "quick" else "not judged at quick scale"
+        lines.append(f"\ngreat-escape / none = {ratio:.3f} (goal >= 0.90: {verdict}).")
+    if "bucardo" in tps and "great-escape" in tps:
+        versus = c.median(tps["great-escape"]) / c.median(tps["bucardo"])
+        lines.append(f"great-escape / bucardo = {versus:.3f}.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
