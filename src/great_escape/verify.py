@@ -280,7 +280,11 @@ class _TableCheck:
         self.pending = still
 
     def drill(self, opts: VerifyOptions) -> None:
-        """Name the rows of the persisting ranges; a range whose rows all agree by now was in flight."""
+        """Name the rows of the persisting ranges.
+
+        A key counts only if it still differs after `recheck` waits while its source row stayed the same:
+        a row changed meanwhile is a change in flight, which the sync copies again anyway.
+        """
         assert self.source and self.target
         res = self.result
         names = self.source.key
@@ -289,31 +293,44 @@ class _TableCheck:
                 res.mismatched_ranges.append({"lower": None, "upper": None, "rows_source": r.source[0],
                                               "rows_target": r.target[0]})
                 continue
-            with _snapshot(self.source.conn):
-                src = dict(self.source.rows(r.lower, r.upper))
-            found = 0
-            with _snapshot(self.target.conn):
-                for key, digest in self.target.rows(r.lower, r.upper):
-                    expected = src.pop(key, None)
-                    if expected is None:
-                        found += 1
-                        res.extra_on_target += 1
-                        _sample(res.sample_extra_on_target, names, key, opts.sample)
-                    elif expected != digest:
-                        found += 1
-                        res.different += 1
-                        _sample(res.sample_different, names, key, opts.sample)
-            for key in src:
-                found += 1
-                res.missing_on_target += 1
-                _sample(res.sample_missing_on_target, names, key, opts.sample)
-            if found:
+            diffs = self._differing_rows(r)
+            for _ in range(opts.recheck):
+                if not diffs:
+                    break
+                time.sleep(opts.recheck_wait)
+                now = self._differing_rows(r)
+                diffs = {k: v for k, v in now.items() if k in diffs and diffs[k][0] == v[0]}
+            for key, (src, tgt) in sorted(diffs.items()):
+                if src is None:
+                    res.extra_on_target += 1
+                    _sample(res.sample_extra_on_target, names, key, opts.sample)
+                elif tgt is None:
+                    res.missing_on_target += 1
+                    _sample(res.sample_missing_on_target, names, key, opts.sample)
+                else:
+                    res.different += 1
+                    _sample(res.sample_different, names, key, opts.sample)
+            if diffs:
                 res.mismatched_ranges.append({
                     "lower": _keydict(names, r.lower), "upper": _keydict(names, r.upper),
                     "rows_source": r.source[0], "rows_target": r.target[0]})
         if res.mismatched_ranges:
             res.status = "different"
         self.pending = []
+
+    def _differing_rows(self, r: _Range) -> dict[Key, tuple[str | None, str | None]]:
+        """key -> (source md5, target md5) of the range's rows that differ; None where the row is absent."""
+        assert self.source and self.target
+        with _snapshot(self.source.conn):
+            src: dict[Key, str | None] = dict(self.source.rows(r.lower, r.upper))
+        diffs: dict[Key, tuple[str | None, str | None]] = {}
+        with _snapshot(self.target.conn):
+            for key, digest in self.target.rows(r.lower, r.upper):
+                expected = src.pop(key, None)
+                if expected != digest:
+                    diffs[key] = (expected, digest)
+        diffs.update((key, (digest, None)) for key, digest in src.items())
+        return diffs
 
 
 def _keydict(names: tuple[str, ...], key: Key | None) -> dict[str, str] | None:
