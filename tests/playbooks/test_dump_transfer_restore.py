@@ -98,7 +98,8 @@ def test_dump_transfer_restore_and_resume(dbpair, run_playbook, inventory, tmp_p
     assert data_files
 
     # Damage the copy: one file corrupted with size and mtime kept (rsync's quick check cannot see
-    # it, only the manifest can), one deleted. A re-run must repair both.
+    # it, only the manifest can), one deleted. A plain re-run trusts the verified marker (hours of
+    # hashing at 14 TB); with transfer_reverify it checks every file again and repairs both.
     victim, gone = data_files[0], received / "post-data" / "toc.dat"
     stat = victim.stat()
     raw = bytearray(victim.read_bytes())
@@ -106,7 +107,9 @@ def test_dump_transfer_restore_and_resume(dbpair, run_playbook, inventory, tmp_p
     victim.write_bytes(bytes(raw))
     os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     gone.unlink()
-    run_playbook("playbooks/05_transfer.yml", extra=FAST)
+    trusted = run_playbook("playbooks/05_transfer.yml", extra=FAST)
+    assert "transferred and verified before" in trusted.stdout and not gone.exists()
+    run_playbook("playbooks/05_transfer.yml", extra=dict(FAST, transfer_reverify=True))
     assert _sha256(victim) == _sha256(dump / "data" / victim.name)
     assert _sha256(gone) == _sha256(dump / "post-data" / "toc.dat")
 
