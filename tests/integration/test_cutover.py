@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 import time
 from typing import Any
 
@@ -17,7 +16,7 @@ from great_escape import capture, cutover, daemon, ranges
 from great_escape.errors import SyncError
 from tests.conftest import DbPair
 from tests.integration.syncutil import install_capture, make_config, setup_schema, snapshot_copy, table_rows
-from tests.integration.workload import SEED, SOURCE_DDL, TARGET_EXTRA, _one
+from tests.integration.workload import SEED, SOURCE_DDL, TARGET_EXTRA, Writers, _one
 
 MASTER = {"user": "ge_master"}
 
@@ -41,21 +40,17 @@ def _app_role(pair: DbPair) -> str:
     return role
 
 
-class AppWriters:
+class AppWriters(Writers):
     """The application: writes through its own role, survives refused writes and ended sessions, and
     can be pointed at the other side (what the operator does at cutover)."""
 
     def __init__(self, params: dict[str, Any], n: int = 2):
-        self.params = params
-        self.stop_event = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(w,), daemon=True) for w in range(n)]
-        self.commits = 0
+        super().__init__(params, n, seed=0)
         self.refused = 0
         self.expect_refusals = False  # set when the test stops writes on this side
-        self.errors: list[str] = []
 
-    def _run(self, worker: int) -> None:
-        rnd = random.Random(worker)
+    def _run(self, worker: int, seed: int) -> None:
+        rnd = random.Random(seed)
         i = 0
         while not self.stop_event.is_set():
             try:
@@ -84,17 +79,6 @@ class AppWriters:
             except (psycopg.Error, AssertionError) as exc:
                 self.errors.append(str(exc))
                 return
-
-    def __enter__(self) -> AppWriters:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_event.set()
-        for t in self.threads:
-            t.join(timeout=30)
-        assert not self.errors, self.errors
 
 
 def _prepare(dbpair: DbPair, tmp_path: Any, **overrides: Any) -> tuple[Any, str, str]:
