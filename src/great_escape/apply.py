@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 
 MAX_CONFLICT_ROUNDS = 50
 PENDING_QUERY_CHUNK = 200  # tables per "which delta tables have rows" query
+# A batch looks its keys up one by one through the key's index. Left to its estimates (a temp table without
+# statistics, a ctid list) the planner picks a hash or merge join over the whole table instead: a full scan
+# per batch, seconds on a 1M-row table and hours on a big one. Disabling seq scans inflates costs past the JIT
+# threshold, so JIT goes too. Transaction-local; a whole-table copy (TRUNCATE) puts the defaults back.
+BY_INDEX_OFF = ("enable_seqscan", "enable_hashjoin", "enable_mergejoin", "jit")
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,8 @@ class Applier:
 
     def _apply_keys(self, pair: Pair) -> tuple[int, int, bool]:
         src, tgt = pair.source, pair.target
+        _plan_by_index(self.source, True)
+        _plan_by_index(self.target, True)
         delta = sql.Identifier(capture.SCHEMA, capture.delta_name(src.relid))
         keys = sql.SQL(", ").join(sql.Identifier(k) for k in src.key)
         ctids: list[str] = []
@@ -268,6 +275,8 @@ class Applier:
 
     def _copy_whole(self, pair: Pair) -> tuple[int, int, bool]:
         src, tgt = pair.source, pair.target
+        _plan_by_index(self.source, False)
+        _plan_by_index(self.target, False)
         delta = sql.Identifier(capture.SCHEMA, capture.delta_name(src.relid))
         self.target.execute(sql.SQL("DELETE FROM {}").format(_from(tgt)))
         rows = self._stream(sql.SQL("SELECT {} FROM {}").format(_cols(src.copy_columns), _from(src)),
@@ -333,6 +342,13 @@ def _join(columns: tuple[str, ...], left: str, right: str) -> sql.Composable:
     return sql.SQL(" AND ").join(
         sql.SQL("{}.{} = {}.{}").format(sql.Identifier(left), sql.Identifier(c), sql.Identifier(right),
                                         sql.Identifier(c)) for c in columns)
+
+
+def _plan_by_index(conn: psycopg.Connection[Any], by_index: bool) -> None:
+    """BY_INDEX_OFF off (or back to the session's values) for the rest of the current transaction."""
+    value = sql.SQL("off" if by_index else "DEFAULT")
+    conn.execute(sql.SQL("; ").join(sql.SQL("SET LOCAL {} TO {}").format(sql.Identifier(name), value)
+                                    for name in BY_INDEX_OFF))
 
 
 def _rollback_quietly(conn: psycopg.Connection[Any]) -> None:
