@@ -165,6 +165,31 @@ SELECT pg_catalog.current_setting('server_version_num')::int,
        (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
 """
 
+_DATABASE_LOCALE = """
+SELECT pg_catalog.pg_encoding_to_char(encoding), datcollate, datctype
+FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()
+"""
+
+# System collations (pg_catalog: libc locales, ICU) the migrated columns use, with one column as an example;
+# pg_dump names them in CREATE TABLE but does not create them, so the target must have each one.
+_COLUMN_COLLATIONS = """
+SELECT co.collname, min(pg_catalog.format('%%I.%%I.%%I', n.nspname, c.relname, a.attname))
+FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
+WHERE a.attrelid = ANY(%s::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
+  AND co.collnamespace = 'pg_catalog'::regnamespace AND co.collname <> 'default'
+GROUP BY 1 ORDER BY 1
+"""
+
+_TARGET_COLLATIONS = """
+SELECT collname FROM pg_catalog.pg_collation
+WHERE collnamespace = 'pg_catalog'::regnamespace AND collname = ANY(%s)
+  AND collencoding IN (-1, (SELECT encoding FROM pg_catalog.pg_database
+                            WHERE datname = pg_catalog.current_database()))
+"""
+
 _NOT_OWNED = """
 SELECT n.nspname || '.' || c.relname
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -244,6 +269,10 @@ def _check_source(conn: psycopg.Connection[Any], inputs: Inputs, report: Report)
             f"{where}: the database holds {large_objects} large object(s) (pg_largeobject); trigger capture "
             "cannot see changes to them. Move them into bytea columns, or migrate them separately at cutover"
         )
+    report.facts["source_locale"] = _check(report, "the database locale", where,
+                                           lambda: list(conn.execute(_DATABASE_LOCALE).fetchone() or []))
+    report.facts["source_collations"] = _check(report, "column collations", where, lambda: dict(conn.execute(
+        _COLUMN_COLLATIONS, ([t.relid for t in tables],)).fetchall())) or {}
     extensions = _check(report, "extensions", where, lambda: dict(conn.execute(
         "SELECT extname, extversion FROM pg_catalog.pg_extension WHERE extname <> ALL(%s) ORDER BY 1",
         (list(BUILTIN_EXTENSIONS),)).fetchall()))
@@ -313,6 +342,7 @@ def _check_target(conn: psycopg.Connection[Any], inputs: Inputs, tables: list[ca
         report.problems.append(f"{where}: the replication user {inputs.replication_user} does not exist and "
                                f"{inputs.target.get('user')} lacks CREATEROLE to create it; create it or use "
                                "the master user")
+    _check_locale(conn, where, report)
     available = _check(report, "available extensions", where, lambda: {r[0] for r in conn.execute(
         "SELECT name FROM pg_catalog.pg_available_extensions")})
     wanted = report.facts.get("source_extensions") or {}
@@ -337,6 +367,35 @@ def _check_target(conn: psycopg.Connection[Any], inputs: Inputs, tables: list[ca
                 f"{_names(with_data)}. Migrate into an empty database: drop or empty them (or point "
                 "ge_target_db at a new database)"
             )
+
+
+def _check_locale(conn: psycopg.Connection[Any], where: str, report: Report) -> None:
+    """Same encoding (or rows fail to convert), same collation (or text sorts differently), every column
+    collation present (or the pre-data restore fails)."""
+    source = report.facts.get("source_locale")
+    target = _check(report, "the database locale", where, lambda: list(conn.execute(_DATABASE_LOCALE).fetchone()))
+    if not source or not target:
+        return
+    create = (f"create the target database with ENCODING '{source[0]}' LC_COLLATE '{source[1]}' "
+              f"LC_CTYPE '{source[2]}' TEMPLATE template0 and point ge_target_db at it")
+    if source[0] != target[0]:
+        report.problems.append(f"{where}: the database encoding is {target[0]}, the source's is {source[0]}; "
+                               f"{create}")
+    elif source[1:] != target[1:]:
+        report.warnings.append(
+            f"{where}: the database collation/ctype is {target[1]}/{target[2]}, the source's {source[1]}/"
+            f"{source[2]}: text sorts and compares differently after the move (ORDER BY, indexes, verify's "
+            f"text-key ranges report false differences). Unless that is intended, {create}")
+    used: dict[str, str] = report.facts.get("source_collations") or {}
+    present = _check(report, "collations", where, lambda: {r[0] for r in conn.execute(
+        _TARGET_COLLATIONS, (list(used),))}) if used else set()
+    missing = [f'"{name}" (e.g. {column})' for name, column in used.items() if present is not None
+               and name not in present]
+    if missing:
+        report.problems.append(f"{where}: collation(s) used by source columns do not exist on the target: "
+                               f"{_names(missing)}. The restore would fail on them: give those columns a "
+                               "collation the target provides (ALTER TABLE ... ALTER COLUMN ... TYPE ... COLLATE) "
+                               "on the source first, or use a target engine version that provides them")
 
 
 def missing_extensions(source: dict[str, str], available: set[str]) -> list[str]:

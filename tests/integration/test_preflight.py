@@ -165,3 +165,40 @@ def test_missing_extensions_and_client_versions():
     assert preflight.client_major("bash: pg_dump: command not found") is None
     with pytest.raises(PreflightError, match="compression_factor"):
         preflight.Assumptions(compression_factor=0)
+
+
+def test_a_column_collation_the_target_lacks_is_a_problem(shop):
+    # pg_collation is per database: this one exists in the source database only, like a libc locale or ICU
+    # collation the target's operating system or engine version does not have.
+    shop.sql_source("CREATE COLLATION pg_catalog.ge_only_here (provider = libc, locale = 'C.UTF-8'); "
+                    "ALTER TABLE orders ALTER COLUMN note TYPE text COLLATE pg_catalog.ge_only_here")
+    try:
+        report = preflight.run(inputs(shop))
+    finally:
+        shop.sql_source("ALTER TABLE orders ALTER COLUMN note TYPE text COLLATE pg_catalog.default; "
+                        "DROP COLLATION pg_catalog.ge_only_here")
+    assert len(report.problems) == 1
+    assert '"ge_only_here" (e.g. public.orders.note)' in report.problems[0]
+
+
+def test_a_target_database_with_another_encoding_or_collation(shop):
+    target_db = shop.target["dbname"] + "_ascii"
+    with psycopg.connect(**shop.target, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{target_db}" ENCODING SQL_ASCII LC_COLLATE "C" LC_CTYPE "C" '
+                     "TEMPLATE template0")
+    try:
+        report = preflight.run(inputs(shop, target={**shop.target, "dbname": target_db}))
+        assert [p for p in report.problems if "encoding" in p] == [
+            f"target {shop.target['user']}@{shop.target['host']}:{shop.target['port']}/{target_db}: the database "
+            "encoding is SQL_ASCII, the source's is UTF8; create the target database with ENCODING 'UTF8' "
+            "LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8' TEMPLATE template0 and point ge_target_db at it"]
+        with psycopg.connect(**shop.target, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{target_db}"')
+            conn.execute(f'CREATE DATABASE "{target_db}" ENCODING UTF8 LC_COLLATE "C" LC_CTYPE "C" '
+                         "TEMPLATE template0")
+        report = preflight.run(inputs(shop, target={**shop.target, "dbname": target_db}))
+        assert not [p for p in report.problems if "encoding" in p or "collation" in p]
+        assert any("collation/ctype is C/C, the source's C.UTF-8/C.UTF-8" in w for w in report.warnings)
+    finally:
+        with psycopg.connect(**shop.target, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{target_db}" WITH (FORCE)')
