@@ -109,6 +109,8 @@ class LocalCluster:
             if self.kind == "aurora":
                 su.execute("CREATE ROLE rds_superuser NOLOGIN")
                 su.execute("GRANT SET ON PARAMETER session_replication_role TO rds_superuser")
+                # RDS: rds_superuser sees every session in pg_stat_activity and may end any non-superuser one.
+                su.execute("GRANT pg_monitor, pg_signal_backend TO rds_superuser")
                 su.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB CREATEROLE PASSWORD {} IN ROLE rds_superuser")
                            .format(sql.Identifier(MASTER_USER), sql.Literal(self.password)))
             su.execute(sql.SQL("CREATE DATABASE {} OWNER {}")

@@ -162,10 +162,11 @@ def test_cutover_rollback_and_cutover_again_with_writes_running(dbpair, tmp_path
             new_id = conn.execute("INSERT INTO counters (n) VALUES (-1) RETURNING id").fetchone()[0]
         assert new_id > before_max and not app.errors
         app.expect_refusals = True
-        back = cutover.switch(cfg, "rollback", target_admin=admin, config_path=conf)
+        back = cutover.switch(cfg, "rollback", target_admin=admin, config_path=conf,
+                              options=cutover.Options(verify="full"))
     print(f"rollback write downtime: {back.downtime_seconds:.3f}s, steps {back.steps}")
     assert back.downtime_seconds is not None and back.downtime_seconds <= 5
-    assert back.drained_changes > 0 and back.sync_started == "forward"
+    assert back.drained_changes > 0 and back.sync_started == "forward" and "verify" in back.steps
     assert _replicated_rows(dbpair.source) == _replicated_rows(dbpair.target)  # exactly the target's data
     assert dbpair.sql_source("SELECT n FROM counters WHERE id = %s", (new_id,)) == [(-1,)]
     assert _can_write(dbpair.source, role) and not _can_write(dbpair.target, role)
@@ -300,3 +301,28 @@ def test_revoke_refuses_when_only_project_users_write(dbpair, tmp_path, stop_dae
     ):
         cutover.switch(cfg, "cutover", target_admin={**dbpair.target})
     assert capture.registered(psycopg.connect(**dbpair.target)) == {}
+
+
+def test_the_drained_check_names_changes_that_arrived_after_the_drain(dbpair, tmp_path):
+    setup_schema(dbpair, "CREATE TABLE items (id int PRIMARY KEY, n int); CREATE TABLE other (id int PRIMARY KEY)")
+    cfg = make_config(dbpair, tmp_path)
+    install_capture(cfg)
+    with psycopg.connect(**dbpair.source, autocommit=True) as conn:
+        assert cutover.assert_drained(conn, "cutover") == 2
+        conn.execute("INSERT INTO items VALUES (1, 1), (2, 2)")
+        with pytest.raises(cutover.CutoverError, match=r"changes arrived on .* after writes were stopped and "
+                           r"drained: public\.items \(2 change\(s\), 0 truncate\(s\)\)\. Something still writes"):
+            cutover.assert_drained(conn, "cutover")
+
+
+def test_in_flight_wait_covers_this_database_only(dbpair):
+    other_db = {**dbpair.source, "dbname": "postgres"}
+    with psycopg.connect(**dbpair.source, autocommit=True) as conn, psycopg.connect(**other_db) as elsewhere:
+        elsewhere.execute("SELECT pg_current_xact_id()")  # a write transaction left open in another database
+        started = time.monotonic()
+        cutover.wait_in_flight(conn, timeout=3)
+        assert time.monotonic() - started < 1
+        with psycopg.connect(**dbpair.source) as here:
+            here.execute("SELECT pg_current_xact_id()")  # one in this database could still commit a write
+            with pytest.raises(cutover.CutoverError, match=r"1 transaction\(s\) on .* still run 1s after writes"):
+                cutover.wait_in_flight(conn, timeout=1)
