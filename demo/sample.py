@@ -11,13 +11,13 @@ The password comes from GE_SOURCE_PASSWORD (default: the local inventory's).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import sourcedb  # demo/sourcedb.py, next to this script
 from psycopg import sql
 
 from great_escape import db
@@ -123,17 +123,13 @@ def load(params: dict[str, Any], scale: float, reset: bool) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=55432)
-    parser.add_argument("--dbname", default="app")
-    parser.add_argument("--user", default="postgres")
+    sourcedb.add_arguments(parser)
     parser.add_argument("--scale", type=float, default=1.0, help="1 = about 350 MB; 0.01 for tests")
     parser.add_argument("--reset", action="store_true", help="drop the sample schemas first if they exist")
     args = parser.parse_args(argv)
     if args.scale <= 0:
         parser.error("--scale must be positive")
-    params = {"host": args.host, "port": args.port, "dbname": args.dbname, "user": args.user,
-              "password": os.environ.get("GE_SOURCE_PASSWORD", "ge-local-secret")}
+    params = sourcedb.params(args)
     load(params, args.scale, args.reset)
     return 0
 

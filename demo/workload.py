@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
 import sys
@@ -28,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+import sourcedb  # demo/sourcedb.py, next to this script
 from psycopg import errors
 
 from great_escape import db
@@ -262,10 +262,7 @@ class Workload:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=55432)
-    parser.add_argument("--dbname", default="app")
-    parser.add_argument("--user", default="postgres")
+    sourcedb.add_arguments(parser)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--rate", type=float, default=200.0, help="operations per second, all connections")
     parser.add_argument("--duration", type=float, help="seconds; default: until SIGTERM or SIGINT")
@@ -274,8 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.connections < 1 or args.rate <= 0:
         parser.error("--connections and --rate must be positive")
-    params = {"host": args.host, "port": args.port, "dbname": args.dbname, "user": args.user,
-              "password": os.environ.get("GE_SOURCE_PASSWORD", "ge-local-secret")}
+    params = sourcedb.params(args)
     workload = Workload(params, args.connections, args.rate, args.seed)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: workload.stop.set())

@@ -80,21 +80,16 @@ diff:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.ge_common import connection_argument_spec, endpoint, fail_from, require_engine
+from ansible.module_utils.ge_common import connection_argument_spec, endpoint, engine_errors, engine_module
 
 
 def main() -> None:
-    spec = connection_argument_spec("source")
-    spec.update(
-        schemas=dict(type="list", elements="str", default=[]),
-        exclude_tables=dict(type="list", elements="str", default=[]),
+    module = engine_module(connection_argument_spec(
+        "source", scope=True,
         keyless_tables=dict(type="str", choices=["refuse", "copy_at_cutover"], default="refuse"),
         freeze=dict(type="bool", default=True),
         state=dict(type="str", choices=["present", "absent"], default="present"),
-    )
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
-    require_engine(module)
+    ))
     from great_escape import capture, config, db
 
     p = module.params
@@ -102,12 +97,10 @@ def main() -> None:
                         schemas=p["schemas"], exclude_tables=p["exclude_tables"], keyless_tables=p["keyless_tables"])
     # present: install the freeze if asked; absent: capture and freeze go together.
     freeze = (True if p["freeze"] else None) if p["state"] == "present" else False
-    try:
+    with engine_errors(module):
         with db.connect(cfg.source, "capture", autocommit=True) as conn:
             before = sorted(capture.registered(conn).values())
         plan = capture.run(cfg, state=p["state"], freeze=freeze, check=module.check_mode)
-    except Exception as exc:  # noqa: BLE001 - mapped to fail_json by fail_from
-        fail_from(module, exc)
     after = sorted(set(before) | {t.qualname for t in plan.install}) if p["state"] == "present" \
         else sorted(set(before) - {name for _, name in plan.remove})
     module.exit_json(changed=plan.changed, actions=plan.describe(), keyless=plan.keyless,

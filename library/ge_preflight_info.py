@@ -147,23 +147,12 @@ queries:
   elements: str
 """
 
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible.module_utils.ge_common import (  # noqa: E402
-    connection_argument_spec,
-    endpoint,
-    fail_from,
-    require_engine,
-)
-
-try:
-    from great_escape import preflight
-except ImportError:  # reported by require_engine()
-    preflight = None
+from ansible.module_utils.ge_common import connection_argument_spec, endpoints, engine_errors, engine_module
 
 
 def main() -> None:
-    argument_spec = connection_argument_spec("source", "target")
-    argument_spec.update(
+    module = engine_module(connection_argument_spec(
+        "source", "target",
         replication_user=dict(type="str"),
         replication_password=dict(type="str", no_log=True),
         schemas=dict(type="list", elements="str", default=[]),
@@ -175,18 +164,18 @@ def main() -> None:
         replication_dir=dict(type="str", default=""),
         replication_dir_free_bytes=dict(type="int"),
         assumptions=dict(type="dict", default={}),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    require_engine(module)
+    ))
+    from great_escape import preflight
+
     p = module.params
-    try:
-        assumptions = preflight.Assumptions(**p["assumptions"])
-    except TypeError as exc:
-        module.fail_json(msg=f"assumptions: {exc}; the keys are those of great_escape.preflight.Assumptions")
-    except Exception as exc:  # a value out of range: PreflightError naming the assumption
-        fail_from(module, exc)
+    with engine_errors(module):  # a value out of range: PreflightError naming the assumption
+        try:
+            assumptions = preflight.Assumptions(**p["assumptions"])
+        except TypeError as exc:
+            module.fail_json(msg=f"assumptions: {exc}; the keys are those of great_escape.preflight.Assumptions")
+    source, target = endpoints(module, "source", "target")
     inputs = preflight.Inputs(
-        source=endpoint(p["source"]), target=endpoint(p["target"]),
+        source=source, target=target,
         replication_user=p["replication_user"], replication_password=p["replication_password"],
         schemas=p["schemas"], keyless_tables=p["keyless_tables"],
         pg_dump_version=p["pg_dump_version"], pg_restore_version=p["pg_restore_version"],
@@ -194,10 +183,8 @@ def main() -> None:
         replication_dir=p["replication_dir"], replication_dir_free_bytes=p["replication_dir_free_bytes"],
         assumptions=assumptions,
     )
-    try:
+    with engine_errors(module):  # engine errors become one sentence; anything else keeps its traceback
         report = preflight.run(inputs)
-    except Exception as exc:  # engine errors become one sentence; anything else keeps its traceback
-        fail_from(module, exc)
     module.exit_json(changed=False, queries=[], **report.as_dict())
 
 

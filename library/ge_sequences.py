@@ -98,35 +98,21 @@ diff:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible.module_utils.ge_common import (  # noqa: E402
-    connection_argument_spec,
-    endpoint,
-    fail_from,
-    require_engine,
-)
-
-try:
-    from great_escape.sequences import copy_sequences
-except ImportError:  # reported by require_engine()
-    copy_sequences = None
+from ansible.module_utils.ge_common import connection_argument_spec, endpoints, engine_errors, engine_module
 
 
 def main() -> None:
-    argument_spec = connection_argument_spec("source", "target")
-    argument_spec.update(
-        schemas=dict(type="list", elements="str", default=[]),
-        exclude_tables=dict(type="list", elements="str", default=[]),
+    module = engine_module(connection_argument_spec(
+        "source", "target", scope=True,
         allow_backwards=dict(type="bool", default=False),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    require_engine(module)
+    ))
+    from great_escape.sequences import copy_sequences
+
     p = module.params
-    try:
-        plan = copy_sequences(endpoint(p["source"]), endpoint(p["target"]), p["schemas"], p["exclude_tables"],
+    source, target = endpoints(module, "source", "target")
+    with engine_errors(module, dict(changed=False, queries=[])):
+        plan = copy_sequences(source, target, p["schemas"], p["exclude_tables"],
                               allow_backwards=p["allow_backwards"], check=module.check_mode)
-    except Exception as exc:  # noqa: BLE001 - fail_from tells engine errors from unexpected ones
-        fail_from(module, exc, changed=False, queries=[])
     module.exit_json(changed=plan.changed, sequences=plan.as_dicts(), queries=plan.queries, diff=plan.diff())
 
 

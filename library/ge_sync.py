@@ -13,15 +13,6 @@ description:
   - Reads the engine configuration file written by the sync role (endpoints and password file).
 version_added: "0.1.0"
 options:
-  config:
-    description: The engine configuration file on the host that runs the module.
-    type: path
-    required: true
-  direction:
-    description: C(forward) (source to target) or C(reverse) (target to source, after cutover).
-    type: str
-    choices: [forward, reverse]
-    default: forward
   wait_for:
     description: What to wait for.
     type: str
@@ -42,6 +33,7 @@ attributes:
     support: none
 notes:
   - In check mode nothing is applied; the current status is returned.
+extends_documentation_fragment: [ge_config]
 author: great-escape
 """
 
@@ -66,28 +58,21 @@ applied:
 
 import time
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.ge_common import fail_from, require_engine
+from ansible.module_utils.ge_common import config_argument_spec, engine_errors, engine_module, load_config
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=dict(
-            config=dict(type="path", required=True),
-            direction=dict(type="str", choices=["forward", "reverse"], default="forward"),
-            wait_for=dict(type="str", choices=["drained", "lag"], default="drained"),
-            max_lag=dict(type="float", default=5),
-            timeout=dict(type="int", default=3600),
-        ),
-        supports_check_mode=True,
-    )
-    require_engine(module)
-    from great_escape import config, daemon, status
+    module = engine_module(config_argument_spec(
+        wait_for=dict(type="str", choices=["drained", "lag"], default="drained"),
+        max_lag=dict(type="float", default=5),
+        timeout=dict(type="int", default=3600),
+    ))
+    from great_escape import daemon, status
     from great_escape.errors import SyncError
 
     p = module.params
-    try:
-        cfg = config.load(p["config"], reverse=p["direction"] == "reverse")
+    cfg = load_config(module)
+    with engine_errors(module):
         if module.check_mode:
             module.exit_json(changed=False, applied=0, status=status.collect(cfg, p["direction"]))
         applied = 0
@@ -108,8 +93,6 @@ def main() -> None:
                 module.fail_json(msg=f"the {p['direction']} sync did not reach {p['wait_for']} within "
                                  f"{p['timeout']}s: {status.one_line(s)}", status=s)
             time.sleep(1)
-    except Exception as exc:  # noqa: BLE001 - mapped to fail_json by fail_from
-        fail_from(module, exc)
     module.exit_json(changed=applied > 0, applied=applied, status=s, msg=status.one_line(s))
 
 

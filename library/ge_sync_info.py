@@ -10,21 +10,12 @@ description:
   - Reads the delta tables on the capturing side and the progress records on the applying side.
   - Never changes anything.
 version_added: "0.1.0"
-options:
-  config:
-    description: The engine configuration file on the host that runs the module.
-    type: path
-    required: true
-  direction:
-    description: C(forward) or C(reverse).
-    type: str
-    choices: [forward, reverse]
-    default: forward
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: none
+extends_documentation_fragment: [ge_config]
 author: great-escape
 """
 
@@ -46,26 +37,16 @@ msg:
   type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.ge_common import fail_from, require_engine
+from ansible.module_utils.ge_common import config_argument_spec, engine_errors, engine_module, load_config
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=dict(
-            config=dict(type="path", required=True),
-            direction=dict(type="str", choices=["forward", "reverse"], default="forward"),
-        ),
-        supports_check_mode=True,
-    )
-    require_engine(module)
-    from great_escape import config, status
+    module = engine_module(config_argument_spec())
+    from great_escape import status
 
-    try:
-        cfg = config.load(module.params["config"], reverse=module.params["direction"] == "reverse")
+    cfg = load_config(module)
+    with engine_errors(module):
         s = status.collect(cfg, module.params["direction"])
-    except Exception as exc:  # noqa: BLE001 - mapped to fail_json by fail_from
-        fail_from(module, exc)
     module.exit_json(changed=False, status=s, msg=status.one_line(s))
 
 

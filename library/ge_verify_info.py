@@ -139,46 +139,31 @@ queries:
   type: list
 """
 
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible.module_utils.ge_common import (  # noqa: E402
-    connection_argument_spec,
-    endpoint,
-    fail_from,
-    require_engine,
-)
-
-try:
-    from great_escape.verify import VerifyOptions, format_table, verify
-except ImportError:  # reported by require_engine()
-    VerifyOptions = format_table = verify = None
+from ansible.module_utils.ge_common import connection_argument_spec, endpoints, engine_errors, engine_module
 
 
 def main() -> None:
-    argument_spec = connection_argument_spec("source", "target")
-    argument_spec.update(
-        schemas=dict(type="list", elements="str", default=[]),
-        exclude_tables=dict(type="list", elements="str", default=[]),
+    module = engine_module(connection_argument_spec(
+        "source", "target", scope=True,
         tables=dict(type="list", elements="str", default=[]),
         range_rows=dict(type="int", default=10000),
         recheck=dict(type="int", default=2),
         recheck_wait=dict(type="float", default=5.0),
         sample=dict(type="int", default=10),
         fail_on_mismatch=dict(type="bool", default=True),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    require_engine(module)
+    ))
+    from great_escape.verify import VerifyOptions, format_table, verify
+
     p = module.params
+    source, target = endpoints(module, "source", "target")
     result = dict(changed=False, queries=[])
-    try:
+    with engine_errors(module, result):  # reports the tables compared so far if the mismatch check fails
         options = VerifyOptions(p["range_rows"], p["recheck"], p["recheck_wait"], p["sample"])
-        report = verify(endpoint(p["source"]), endpoint(p["target"]), p["schemas"], p["exclude_tables"],
-                        p["tables"] or None, options)
+        report = verify(source, target, p["schemas"], p["exclude_tables"], p["tables"] or None, options)
         result.update(tables=report.as_dicts(), summary=format_table(report).splitlines(),
                       mismatched=len(report.mismatched))
         if p["fail_on_mismatch"]:
             report.raise_on_mismatch()
-    except Exception as exc:  # noqa: BLE001 - fail_from tells engine errors from unexpected ones
-        fail_from(module, exc, **result)
     module.exit_json(**result)
 
 

@@ -1,8 +1,11 @@
-"""Shared by every great-escape module: connection options, engine import guard, error reporting."""
+"""Shared by every great-escape module: connection and configuration options, engine import guard,
+error reporting."""
 
 from __future__ import annotations
 
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -31,14 +34,56 @@ _ENDPOINT = dict(
 )
 
 
-def connection_argument_spec(*sides: str) -> dict[str, Any]:
-    """Argument spec with one endpoint dict per side, e.g. connection_argument_spec('source', 'target')."""
-    return {side: dict(type="dict", required=True, options=dict(_ENDPOINT)) for side in sides}
+def connection_argument_spec(*sides: str, scope: bool = False, **options: Any) -> dict[str, Any]:
+    """Argument spec with one endpoint dict per side, with scope=True the migration's scope (options
+    schemas and exclude_tables; each module documents what they select for it), then the module's own
+    options, e.g. connection_argument_spec('source', 'target', scope=True, tables=dict(type='list'))."""
+    spec = {side: dict(type="dict", required=True, options=dict(_ENDPOINT)) for side in sides}
+    if scope:
+        spec.update(
+            schemas=dict(type="list", elements="str", default=[]),
+            exclude_tables=dict(type="list", elements="str", default=[]),
+        )
+    spec.update(options)
+    return spec
+
+
+def config_argument_spec(**options: Any) -> dict[str, Any]:
+    """Argument spec of a module that works from the engine configuration file (options config and
+    direction, documented by the ge_config fragment), then the module's own options."""
+    spec = dict(
+        config=dict(type="path", required=True),
+        direction=dict(type="str", choices=["forward", "reverse"], default="forward"),
+    )
+    spec.update(options)
+    return spec
+
+
+def engine_module(argument_spec: dict[str, Any], **kwargs: Any) -> AnsibleModule:
+    """The AnsibleModule of a great-escape module (check mode supported), once the engine is known to be
+    importable and of the modules' version: the engine may be imported after this call."""
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, **kwargs)
+    require_engine(module)
+    return module
 
 
 def endpoint(params: dict[str, Any]) -> dict[str, Any]:
     """libpq parameters from a module's endpoint option, without unset values."""
     return {k: v for k, v in params.items() if v is not None}
+
+
+def endpoints(module: AnsibleModule, *sides: str) -> tuple[dict[str, Any], ...]:
+    """libpq parameters of the module's endpoint options, in the order of `sides`."""
+    return tuple(endpoint(module.params[side]) for side in sides)
+
+
+def load_config(module: AnsibleModule) -> Any:
+    """The engine configuration of the module's config option, as the sync of its direction option sees it
+    (sides swapped for reverse). A missing or invalid file fails the module with the engine's message."""
+    from great_escape import config
+
+    with engine_errors(module):
+        return config.load(module.params["config"], reverse=module.params["direction"] == "reverse")
 
 
 def require_engine(module: AnsibleModule) -> None:
@@ -49,6 +94,16 @@ def require_engine(module: AnsibleModule) -> None:
             msg=f"great_escape engine {great_escape.__version__} does not match the modules ({ENGINE_VERSION}); "
             "install the engine from this checkout on the host that runs the module"
         )
+
+
+@contextmanager
+def engine_errors(module: AnsibleModule, result: dict[str, Any] | None = None) -> Iterator[None]:
+    """Fail the module through fail_from() with any exception raised in the block, reporting `result`
+    as it stands then (the caller may fill it in the block). exit_json/fail_json pass through."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - fail_from tells engine errors from unexpected ones
+        fail_from(module, exc, **(result or {}))
 
 
 def fail_from(module: AnsibleModule, exc: Exception, **result: Any) -> None:

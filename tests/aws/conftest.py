@@ -27,6 +27,14 @@ INVENTORY = ROOT / "inventories/moto"
 PORT_BASE = int(os.environ.get("GE_MOTO_PORT_BASE", 57300 + os.getpid() % 50 * 2))
 _RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
+# What inventories/moto provisions: the Aurora cluster and its cluster parameter group, and the group's
+# values in the two modes of roles/aurora_parameter_group.
+CLUSTER = "ge-moto-demo"
+GROUP = "ge-moto-demo-aurora-postgresql15"
+PRODUCTION = {"synchronous_commit": "on", "autovacuum": "1",
+              "maintenance_work_mem": "GREATEST({DBInstanceClassMemory*1024/63963136},65536)"}
+BULK_LOAD = {"synchronous_commit": "off", "autovacuum": "0", "maintenance_work_mem": "2097152"}
+
 
 @dataclass
 class Moto:
@@ -36,6 +44,15 @@ class Moto:
     def client(self, service: str, key: str = "testing", secret: str = "testing") -> Any:
         return boto3.client(service, endpoint_url=self.url, region_name=REGION,
                             aws_access_key_id=key, aws_secret_access_key=secret)
+
+    def cluster_parameters(self, group: str = GROUP) -> dict[str, str]:
+        """The values set in a DB cluster parameter group, read back from the server."""
+        rows = self.client("rds").describe_db_cluster_parameters(DBClusterParameterGroupName=group)["Parameters"]
+        return {p["ParameterName"]: p["ParameterValue"] for p in rows}
+
+    def set_cluster_parameters(self, values: dict[str, str], group: str = GROUP) -> None:
+        self.client("rds").modify_db_cluster_parameter_group(DBClusterParameterGroupName=group, Parameters=[
+            {"ParameterName": k, "ParameterValue": v, "ApplyMethod": "immediate"} for k, v in values.items()])
 
     def reset(self) -> None:
         req = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")

@@ -8,21 +8,21 @@ import subprocess
 from pathlib import Path
 
 from great_escape import __version__
-from tests.aws.conftest import PORT_BASE, Moto, PlaybookRunner, start_moto, stop_moto
+from tests.aws.conftest import (
+    BULK_LOAD,
+    CLUSTER,
+    GROUP,
+    PORT_BASE,
+    PRODUCTION,
+    Moto,
+    PlaybookRunner,
+    start_moto,
+    stop_moto,
+)
 
 MIGRATION = "moto-demo"
-GROUP = "ge-moto-demo-aurora-postgresql15"
-CLUSTER = "ge-moto-demo"
-PRODUCTION = {"synchronous_commit": "on", "autovacuum": "1",
-              "maintenance_work_mem": "GREATEST({DBInstanceClassMemory*1024/63963136},65536)"}
-BULK_LOAD = {"synchronous_commit": "off", "autovacuum": "0", "maintenance_work_mem": "2097152"}
 TAG = [{"Name": "tag:ge:migration", "Values": [MIGRATION]}]
 LIVE = [{"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]
-
-
-def _params(moto: Moto) -> dict[str, str]:
-    rows = moto.client("rds").describe_db_cluster_parameters(DBClusterParameterGroupName=GROUP)["Parameters"]
-    return {p["ParameterName"]: p["ParameterValue"] for p in rows}
 
 
 def _instances(moto: Moto) -> list[dict]:
@@ -62,7 +62,7 @@ def test_provision_is_idempotent_switches_modes_and_cleans_up(
 
     (group,) = rds.describe_db_cluster_parameter_groups(DBClusterParameterGroupName=GROUP)["DBClusterParameterGroups"]
     assert group["DBParameterGroupFamily"] == "aurora-postgresql15"
-    assert _params(moto) == PRODUCTION
+    assert moto.cluster_parameters() == PRODUCTION
     (cluster,) = rds.describe_db_clusters(DBClusterIdentifier=CLUSTER)["DBClusters"]
     assert cluster["DBClusterParameterGroup"] == GROUP
     assert cluster["Engine"] == "aurora-postgresql"
@@ -79,11 +79,11 @@ def test_provision_is_idempotent_switches_modes_and_cleans_up(
     check = run_playbook("tests/aws/playbooks/parameter_group.yml", args=["--check", "--diff"],
                          extra={"aurora_parameter_group_mode": "bulk_load"})
     assert check.recap()["localhost"]["changed"] >= 1
-    assert _params(moto) == PRODUCTION
+    assert moto.cluster_parameters() == PRODUCTION
     # moto describes no apply types, so the module treats the changes as static: reboot them.
     bulk = run_playbook("tests/aws/playbooks/parameter_group.yml",
                         extra={"aurora_parameter_group_mode": "bulk_load", "aurora_parameter_group_reboot": "reboot"})
-    assert _params(moto) == BULK_LOAD
+    assert moto.cluster_parameters() == BULK_LOAD
     assert "changed: [localhost] => (item=ge-moto-demo-1)" in bulk.output
     again = run_playbook("tests/aws/playbooks/parameter_group.yml", extra={"aurora_parameter_group_mode": "bulk_load"})
     assert again.recap()["localhost"]["changed"] == 0
