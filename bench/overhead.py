@@ -6,6 +6,11 @@ judged on the median of those per-round ratios.
 
     python -m bench overhead [--scale quick|medium|full]
 
+A second measurement shows where the cost is: one session runs single-row UPDATE transactions on
+pgbench_accounts (synchronous_commit off, so the CPU cost shows rather than the disk flush) with no
+capture, with great-escape's row and kick triggers, with each of them alone (the other disabled for the
+measurement), and with Bucardo's; the fastest of several repetitions, per transaction.
+
 Only the triggers are measured: neither sync process runs (on two cores it would compete with pgbench
 for CPU and measure the machine, not the trigger). Goal: median per-round TPS ratio great-escape/none >= 0.90.
 """
@@ -13,6 +18,7 @@ for CPU and measure the machine, not the trigger). Goal: median per-round TPS ra
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +31,12 @@ from . import replicators as r
 SIZES = {"quick": (2, 5, 1), "medium": (10, 10, 9), "full": (10, 20, 15)}
 CLIENTS, THREADS = 4, 2
 VARIANTS = ("none", "great-escape", "bucardo")
+STATEMENT_TXNS, STATEMENT_REPEATS = 5000, 5
+# Single-row UPDATE transactions in one session: the per-statement cost of each capture part.
+STATEMENT_LOOP = sql.SQL("DO $$ BEGIN FOR i IN 1..{} LOOP UPDATE public.pgbench_accounts SET abalance = abalance + 1 "
+                         "WHERE aid = (i * 7919) % 100000 + 1; COMMIT; END LOOP; END $$")
+# great-escape's trigger parts measured alone: (label, trigger left enabled on pgbench_accounts)
+PARTS = (("great-escape row trigger only", "ge_capture_row"), ("great-escape kick trigger only", "ge_capture_kick"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,10 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"overhead: round {round_no + 1}/{rounds} {variant}: {result.tps:.0f} tps",
                           file=sys.stderr, flush=True)
             changes = {v: _pending_changes(v, dbs[v]) for v in variants if v != "none"}
+            statement_us = _statement_costs(dbs)
         finally:
             for tool in tools:
                 tool.cleanup()
-        body = _report(tps, changes, skipped, scale, seconds, rounds, template, args.scale)
+        body = _report(tps, changes, skipped, scale, seconds, rounds, template, args.scale) + \
+            _statement_report(statement_us)
         c.write_results(args.results, "overhead", "2. Capture overhead", body, args.scale)
     return 0
 
@@ -87,6 +101,47 @@ def _pending_changes(variant: str, params: dict[str, Any]) -> int:
     counts = [c.query(params, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, name)))[0][0]
               for (name,) in names]
     return sum(int(n) for n in counts)
+
+
+def _loop_seconds(params: dict[str, Any]) -> float:
+    with c.db.connect(params, "bench statement cost", autocommit=True) as conn:
+        conn.execute("SET synchronous_commit = off")
+        started = time.perf_counter()
+        conn.execute(STATEMENT_LOOP.format(sql.Literal(STATEMENT_TXNS)))
+        return time.perf_counter() - started
+
+
+def _statement_costs(dbs: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Microseconds per single-row UPDATE transaction: the fastest of STATEMENT_REPEATS rounds, every capture
+    measured once per round so that the machine's drifting load hits all alike."""
+    toggle = "ALTER TABLE public.pgbench_accounts {} TRIGGER {}"
+    runs: dict[str, list[float]] = {}
+    for _ in range(STATEMENT_REPEATS):
+        for variant, params in dbs.items():
+            runs.setdefault(variant, []).append(_loop_seconds(params))
+        if "great-escape" in dbs:
+            ge = dbs["great-escape"]
+            for label, keep in PARTS:
+                other = sql.Identifier(next(t for _, t in PARTS if t != keep))
+                c.execute(ge, sql.SQL(toggle.format("DISABLE", "{}")).format(other))
+                try:
+                    runs.setdefault(label, []).append(_loop_seconds(ge))
+                finally:
+                    c.execute(ge, sql.SQL(toggle.format("ENABLE", "{}")).format(other))
+    return {name: min(seconds) / STATEMENT_TXNS * 1e6 for name, seconds in runs.items()}
+
+
+def _statement_report(costs: dict[str, float]) -> str:
+    base = costs["none"]
+    rows = [[name, us, us - base, us / base] for name, us in costs.items()]
+    return "\n".join([
+        "",
+        f"Where the cost is: one session, {STATEMENT_TXNS} single-row UPDATE transactions on pgbench_accounts "
+        f"(synchronous_commit off), fastest of {STATEMENT_REPEATS}; for the parts, great-escape's other trigger "
+        "was disabled during the measurement.",
+        "",
+        c.table(["capture", "us per transaction", "extra us", "x none"], rows),
+    ])
 
 
 def _report(tps: dict[str, list[float]], changes: dict[str, int], skipped: dict[str, str], scale: int,
