@@ -151,6 +151,13 @@ class Applier:
             raise
         return result
 
+    def has_work(self) -> bool:
+        """Whether a batch would find anything now (in a snapshot of its own, then released)."""
+        try:
+            return bool(self._truncated() or self._pending())
+        finally:
+            self.source.rollback()
+
     def _batch_error(self, pair: Pair, exc: psycopg.Error) -> SyncError:
         """The error that stops the sync: table, what went wrong, and for a value out of range its key."""
         detail = f" ({exc.diag.context.strip()})" if exc.diag.context else ""

@@ -7,7 +7,11 @@ Layout (schema `ge_capture`, never dumped, removed by `remove`):
 - `ge_capture.truncates`: one row per TRUNCATE, a whole-table resync event.
 - Triggers on the captured table: `ge_capture_row` (AFTER ROW, records OLD and/or NEW key, both when an UPDATE
   changes the key), `ge_capture_truncate` (AFTER TRUNCATE, statement) and `ge_capture_kick` (statement,
-  NOTIFY great_escape; PostgreSQL folds identical notifications, so one per transaction reaches the sync).
+  NOTIFY great_escape, only while a sync waits: see below).
+- `ge_capture.waiting` (unlogged): a row per sync that is idle, waiting for a kick. A transaction that
+  sends NOTIFY takes a server-wide lock from its commit until the commit is flushed, so notifying commits
+  run one at a time (measured: 16 pgbench clients, 2016-2380 TPS without, 1000 with a kick on every
+  statement). A sync that is busy applying needs no kick; only while one waits do writers send it.
 - `ge_schema_freeze`: event triggers refusing DDL on non-temporary objects until lifted.
 
 Every statement that locks an application table runs with a short lock_timeout and is retried with
@@ -35,6 +39,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "ge_capture"
 KICK_CHANNEL = "great_escape"
+WAITING = "waiting"
 ALLOW_DDL_SETTING = "great_escape.allow_ddl"
 FREEZE_TRIGGERS = ("ge_schema_freeze", "ge_schema_freeze_drop")
 LOCK_TIMEOUT_MS = 2000
@@ -181,9 +186,12 @@ def _ensure_schema(conn: psycopg.Connection[Any]) -> None:
         "CREATE TABLE IF NOT EXISTS {} (relid oid NOT NULL, at timestamptz NOT NULL DEFAULT now())"
     ).format(sql.Identifier(SCHEMA, "truncates")))
     conn.execute(sql.SQL(
+        "CREATE UNLOGGED TABLE IF NOT EXISTS {} (sync text PRIMARY KEY, since timestamptz NOT NULL DEFAULT now())"
+    ).format(sql.Identifier(SCHEMA, WAITING)))
+    conn.execute(sql.SQL(
         "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        "PERFORM pg_catalog.pg_notify({}, ''); RETURN NULL; END $$"
-    ).format(sql.Identifier(SCHEMA, "kick"), sql.Literal(KICK_CHANNEL)))
+        "IF EXISTS (SELECT FROM {}) THEN PERFORM pg_catalog.pg_notify({}, ''); END IF; RETURN NULL; END $$"
+    ).format(sql.Identifier(SCHEMA, "kick"), sql.Identifier(SCHEMA, WAITING), sql.Literal(KICK_CHANNEL)))
     # The truncated table's relid comes as an argument: partitions report their partitioned parent.
     conn.execute(sql.SQL(
         "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
@@ -194,6 +202,18 @@ def _ensure_schema(conn: psycopg.Connection[Any]) -> None:
     # search_path, which PostgreSQL saves and restores on every call: 10-20 % of a small write's cost.)
     conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO PUBLIC").format(sql.Identifier(SCHEMA)))
     conn.execute(sql.SQL("GRANT INSERT ON {} TO PUBLIC").format(sql.Identifier(SCHEMA, "truncates")))
+    # Writers read it; the sync (any user on the reverse side) marks itself waiting. A row added or removed
+    # by hand only makes writers kick when not needed, or the sync fall back to its poll interval.
+    conn.execute(sql.SQL("GRANT SELECT, INSERT, DELETE ON {} TO PUBLIC").format(sql.Identifier(SCHEMA, WAITING)))
+
+
+def set_waiting(conn: psycopg.Connection[Any], sync: str, waiting: bool) -> None:
+    """Mark `sync` as waiting for a kick (writers notify only then), or as busy again. Autocommit `conn`."""
+    table = sql.Identifier(SCHEMA, WAITING)
+    if waiting:
+        conn.execute(sql.SQL("INSERT INTO {} (sync) VALUES (%s) ON CONFLICT DO NOTHING").format(table), (sync,))
+    else:
+        conn.execute(sql.SQL("DELETE FROM {} WHERE sync = %s").format(table), (sync,))
 
 
 def _install(conn: psycopg.Connection[Any], table: Table) -> None:

@@ -128,12 +128,24 @@ class SyncProcess:
             if drain and not result.deltas:
                 return total
             if not result.deltas:
-                self._wait(listener)
+                self._wait_for_changes(applier, listener)
             if time.monotonic() - checked > self.reload_interval:  # new or vanished tables, changed columns
                 applier.pairs = apply.load_pairs(applier.source, applier.target)
                 applier.source.rollback()
                 checked = time.monotonic()
         return total
+
+    def _wait_for_changes(self, applier: apply.Applier, listener: psycopg.Connection[Any]) -> None:
+        """Announce that this sync waits (writers kick only then), look once more for changes committed before
+        the announcement was visible to them, then wait. A writer whose transaction read the table before the
+        announcement and commits after the second look is found at the next poll: poll_interval at most."""
+        sync = f"{self.cfg.name} {self.direction}"
+        capture.set_waiting(listener, sync, True)
+        try:
+            if not applier.has_work():
+                self._wait(listener)
+        finally:
+            capture.set_waiting(listener, sync, False)
 
     def _wait(self, listener: psycopg.Connection[Any]) -> None:
         """Sleep until a kick arrives or the poll interval passes; consume all queued kicks."""

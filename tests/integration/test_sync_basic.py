@@ -1,6 +1,11 @@
 """Capture and sync on simple tables: every kind of change arrives, nothing else."""
 
-from great_escape import daemon
+import threading
+import time
+
+import psycopg
+
+from great_escape import capture, daemon
 from tests.integration.syncutil import assert_identical, install_capture, make_config, setup_schema, snapshot_copy
 
 DDL = """
@@ -50,3 +55,44 @@ def test_batches_look_keys_up_through_the_index(dbpair, tmp_path):
     daemon.SyncProcess(cfg, direction="forward").run(drain=True)  # closing its connections flushes their stats
     assert (_seq_scans(dbpair.sql_source, "big"), _seq_scans(dbpair.sql_target, "big")) == before
     assert_identical(dbpair)
+
+
+def test_writers_kick_only_while_a_sync_waits(dbpair, tmp_path):
+    """A NOTIFY serializes commits server-wide: writers send one only while a sync waits for it."""
+    setup_schema(dbpair, "CREATE TABLE items (id int PRIMARY KEY)")
+    install_capture(make_config(dbpair, tmp_path))
+    with psycopg.connect(**dbpair.source, autocommit=True) as listener:
+        listener.execute(f"LISTEN {capture.KICK_CHANNEL}")
+        dbpair.sql_source("INSERT INTO items VALUES (1)")
+        assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
+        capture.set_waiting(listener, "test forward", True)
+        dbpair.sql_source("INSERT INTO items VALUES (2)")
+        assert len(list(listener.notifies(timeout=5, stop_after=1))) == 1
+        capture.set_waiting(listener, "test forward", False)
+        dbpair.sql_source("INSERT INTO items VALUES (3)")
+        assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
+
+
+def test_an_idle_sync_is_woken_by_the_kick_long_before_its_poll_interval(dbpair, tmp_path):
+    setup_schema(dbpair, "CREATE TABLE items (id int PRIMARY KEY)")
+    cfg = make_config(dbpair, tmp_path, poll_interval=60)
+    install_capture(cfg)
+    sync = daemon.SyncProcess(cfg, direction="forward")
+    thread = threading.Thread(target=sync.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not dbpair.sql_source("SELECT count(*) FROM ge_capture.waiting")[0][0]:
+            assert time.monotonic() < deadline, "the sync never announced that it waits"
+            time.sleep(0.05)
+        dbpair.sql_source("INSERT INTO items VALUES (1)")
+        deadline = time.monotonic() + 5
+        while not dbpair.sql_target("SELECT count(*) FROM items")[0][0]:
+            assert time.monotonic() < deadline, "the kick did not wake the sync"
+            time.sleep(0.05)
+    finally:
+        sync.stop()
+        dbpair.sql_source("INSERT INTO items VALUES (2)")  # a kick, so the waiting sync sees it should stop
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert dbpair.sql_source("SELECT count(*) FROM ge_capture.waiting") == [(0,)]
