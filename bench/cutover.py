@@ -430,8 +430,9 @@ def _report(switches: list[Measured], commits: list[Commit], outside: list[Failu
         "would; commit times are taken when COMMIT returns.",
         f"Switches: `python -m great_escape.cli cutover|rollback --config ... --json --target-admin-user "
         f"{MASTER_USER} --stop-writes revoke` (the cutover role's command line: revoke and end the "
-        f"application's sessions, drain, sequences, verify, allow writes, start the other sync); {rounds} "
-        f"round(s) of cutover then rollback on the same database, {dwell} s of load before each switch.",
+        "application's sessions, drain, sequences, verify drained (the default: nothing left to apply), allow "
+        f"writes, start the other sync); {rounds} round(s) of cutover then rollback on the same database, "
+        f"{dwell} s of load before each switch.",
         "Downtime: measured = first commit on the new side - last commit on the old side, as the application "
         "saw them; reported = the cutover's own downtime_seconds (from the revoke to writes allowed); "
         "app lag = first commit on the new side - the cutover's writes_accepted_at.",
