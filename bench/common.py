@@ -14,7 +14,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from typing import Any
 from psycopg import sql
 
 from great_escape import catalog, db
-from great_escape.localcluster import PG_BIN, LocalCluster
+from great_escape.localcluster import PG_BIN, LocalCluster, port_free
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -85,20 +84,10 @@ def parse_args(description: str, argv: Sequence[str] | None, extra: Any = None) 
 
 # --------------------------------------------------------------------------- clusters
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def pick_ports(block: int, count: int) -> list[int]:
     """`count` free ports from the benchmark's block of ten (57500 + 10 * block)."""
     start = PORT_MIN + 10 * block
-    free = [p for p in range(start, min(start + 10, PORT_MAX + 1)) if _port_free(p)]
+    free = [p for p in range(start, min(start + 10, PORT_MAX + 1)) if port_free(p)]
     if len(free) < count:
         raise BenchError(f"ports {start}-{start + 9} are busy (need {count} free); "
                          "is another run of this benchmark still active? stop it or wait")
@@ -185,6 +174,65 @@ def run(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeout: float
 
 def pg_tool(name: str) -> str:
     return str(PG_BIN / name)
+
+
+# --------------------------------------------------------------------------- the playbooks
+
+ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
+
+
+def write_inventory(path: Path, source: dict[str, Any], target: dict[str, Any], work: Path,
+                    repl_user: str, repl_password: str, **overrides: Any) -> Path:
+    """An inventory like inventories/local (every host this machine), pointed at the `source` database
+    (a reader that may dump it), the `target` database as its master user, and `work` as ge_local_root.
+
+    Shared by the benchmarks and tests/playbooks/conftest.py; `overrides` are more group_vars/all values.
+    """
+    import yaml  # ansible's dependency: there wherever the playbooks run
+
+    path.mkdir(parents=True, exist_ok=True)
+    hosts = yaml.safe_load((ROOT / "inventories/local/hosts.yml").read_text())
+    (path / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    (path / "group_vars/all").mkdir(parents=True, exist_ok=True)
+    local = yaml.safe_load((ROOT / "inventories/local/group_vars/all/main.yml").read_text())
+    local.update(
+        ge_migration_name=f"test-{source['dbname']}",
+        ge_local_clusters=False,
+        ge_local_root=str(work),
+        ge_source_host=source["host"], ge_source_port=source["port"],
+        ge_source_db=source["dbname"], ge_source_user=source["user"],
+        ge_source_password=source["password"],
+        ge_target_host=target["host"], ge_target_port=target["port"],
+        ge_target_db=target["dbname"], ge_target_master_user=target["user"],
+        ge_target_master_password=target["password"],
+        ge_target_user=repl_user, ge_target_password=repl_password,
+    )
+    local.update(overrides)
+    (path / "group_vars/all/main.yml").write_text(yaml.safe_dump(local))
+    return path
+
+
+def playbook_env() -> dict[str, str]:
+    """Environment of an ansible-playbook run from the project root, with the project's ansible.cfg."""
+    return dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1",
+                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+
+
+def run_playbook(playbook: str, inventory: Path, *, extra: dict[str, Any] | None = None, timeout: float,
+                 log: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """ansible-playbook -i inventory ROOT/playbook [-e extra]; BenchError with the tail of its output on failure."""
+    import json
+
+    cmd = [ANSIBLE_PLAYBOOK, "-i", str(inventory), str(ROOT / playbook)]
+    if extra:
+        cmd += ["-e", json.dumps(extra)]
+    try:
+        return run(cmd, env={**playbook_env(), **(env or {})}, timeout=timeout, what=playbook, log=log, cwd=ROOT)
+    except BenchError as exc:
+        # Ansible's reason is on the fatal/failed lines, far above the recap that ends the output.
+        text = log.read_text() if log and log.exists() else ""
+        fatal = [line for line in text.splitlines() if line.startswith(("fatal:", "failed:", "ERROR!"))]
+        raise BenchError(f"{exc}\n" + "\n".join(line[:2000] for line in fatal[-3:])) from exc
 
 
 # --------------------------------------------------------------------------- pgbench

@@ -35,16 +35,16 @@ lane() {
     done
 }
 
-lane copy catchup rss &
+lane copy rss &
 lane_a=$!
-lane overhead lag &
+lane overhead lag cutover catchup &
 lane_b=$!
 status=0
 wait "${lane_a}" || status=1
 wait "${lane_b}" || status=1
 
 # Both lanes wrote their own files (no two writers on one file); merge them in benchmark order.
-for benchmark in copy overhead catchup lag rss; do
+for benchmark in copy overhead catchup lag cutover rss; do
     if [[ -f "${logdir}/${benchmark}.md" ]]; then
         "${python}" -c 'import re, sys
 from pathlib import Path

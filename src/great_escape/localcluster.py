@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -26,6 +27,21 @@ RUN_AS = "postgres"
 SUPERUSER = "postgres"
 MASTER_USER = "ge_master"
 DEFAULT_PASSWORD = "ge-local-secret"
+
+
+class ClusterError(Exception):
+    """A local cluster could not start; the message names the cluster and the fix."""
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on host:port now (PostgreSQL also binds with SO_REUSEADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
@@ -56,6 +72,9 @@ class LocalCluster:
         """initdb (once), start, and set up roles and the database. Re-running on a live cluster is a no-op."""
         if self.running():
             return self
+        if not port_free(self.port, self.listen):
+            raise ClusterError(f"cannot start the {self.kind} cluster in {self.datadir}: port {self.port} on "
+                               f"{self.listen} is in use by another program; choose a free port")
         fresh = not (self.datadir / "PG_VERSION").exists()
         if fresh:
             self._initdb()
@@ -67,8 +86,13 @@ class LocalCluster:
         }
         conf.update(settings or {})
         (self.datadir / "postgresql.auto.conf").write_text("".join(f"{k} = {v}\n" for k, v in conf.items()))
-        self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.datadir / "server.log"), "-w", "-t", "60",
-                  "start")
+        log = self.datadir / "server.log"
+        try:
+            self._run("pg_ctl", "-D", str(self.datadir), "-l", str(log), "-w", "-t", "60", "start")
+        except subprocess.CalledProcessError as exc:
+            tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-5:]) if log.exists() else ""
+            raise ClusterError(f"the {self.kind} cluster in {self.datadir} did not start; {log} ends with:\n"
+                               f"{tail or exc.stderr}") from None
         if fresh:
             self._bootstrap()
         return self
@@ -128,7 +152,10 @@ def main() -> None:
     password = os.environ.get("GE_LOCAL_PASSWORD", DEFAULT_PASSWORD)
     cluster = LocalCluster(args.dir, args.port, args.kind, password=password, listen=args.listen)
     if args.action == "start":
-        cluster.start()
+        try:
+            cluster.start()
+        except ClusterError as exc:
+            raise SystemExit(str(exc)) from None
     else:
         cluster.stop(remove=args.action == "remove")
 

@@ -3,7 +3,7 @@
     python -m great_escape.restore toc-filter IN OUT          # drop what the project installed on the source
     python -m great_escape.restore data-progress --toc L --log F --dump-dir D [--state-dir S]
     python -m great_escape.restore restore-errors --log F     # only "already exists" allowed on a re-run
-    python -m great_escape.restore {check-target,truncate,grant,bigint} < request.json
+    python -m great_escape.restore {prepare,check-target,truncate,grant,bigint} < request.json
 
 Commands that connect read one JSON request on stdin (`target`, `source`: libpq parameters with the
 password, `schemas`, ...), so passwords never appear on a command line; each prints one JSON result.
@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from psycopg import sql
 from . import bigint, db, progress
 from .capture import FREEZE_TRIGGERS
 from .catalog import PROJECT_SCHEMAS, SYSTEM_SCHEMAS, list_tables
-from .errors import ConfigError, GreatEscapeError
+from .errors import ConfigError, GreatEscapeError, RestoreError
 
 CAPTURE_TRIGGER_PREFIX = "ge_capture"
 
@@ -96,6 +98,29 @@ def filter_toc(lines: Iterable[str]) -> tuple[list[str], list[str]]:
         else:
             out.append(line.rstrip("\n"))
     return out, dropped
+
+
+SECTIONS = ("pre-data", "data", "post-data")
+
+
+def write_toc_lists(dump_dir: Path, work_dir: Path, pg_restore: str = "pg_restore",
+                    sections: Iterable[str] = SECTIONS) -> dict[str, Any]:
+    """`pg_restore --list` of every section's archive into WORK/<section>.toc, and the filtered list for
+    `pg_restore -L` into WORK/<section>.list (one program run instead of two per section)."""
+    dropped: list[str] = []
+    entries: dict[str, int] = {}
+    for section in sections:
+        toc, listing = work_dir / f"{section}.toc", work_dir / f"{section}.list"
+        proc = subprocess.run([pg_restore, "--list", f"--file={toc}", str(dump_dir / section)],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise GreatEscapeError(f"pg_restore --list {dump_dir / section} failed (exit {proc.returncode}): "
+                                   f"{proc.stderr.strip()[-500:]}")
+        kept, gone = filter_toc(toc.read_text().splitlines())
+        listing.write_text("\n".join(kept) + "\n")
+        dropped += gone
+        entries[section] = sum(1 for line in kept if _ENTRY.match(line))
+    return {"dropped": dropped, "entries": entries}
 
 
 def table_data_files(toc_lines: Iterable[str], dump_dir: Path) -> dict[int, int]:
@@ -181,6 +206,55 @@ def grant_user(conn: psycopg.Connection[Any], schemas: list[str] | None, user: s
     return names
 
 
+def _pgpass_line(params: dict[str, Any]) -> str:
+    fields = [str(params.get(k, "")) for k in ("host", "port", "dbname", "user", "password")]
+    return ":".join(f.replace("\\", "\\\\").replace(":", "\\:") for f in fields) + "\n"
+
+
+def prepare_restore(connect: Callable[[], psycopg.Connection[Any]], req: dict[str, Any]) -> dict[str, Any]:
+    """Everything the restore role checks and writes before pg_restore, in one program run.
+
+    Reads the dump's identity from the transfer's verification marker; finds the step markers of
+    earlier runs and refuses markers of another dump; before pre-data is restored, refuses a target that
+    already has application tables; then writes the libpq password file (0600), the dump id and the
+    TOC lists. `connect` opens a target connection, only when the check needs one."""
+    missing = [k for k in ("work_dir", "dump_dir", "transfer_marker", "target") if not req.get(k)]
+    if missing:
+        raise ConfigError(f"the prepare request lacks {', '.join(missing)}")
+    work, dump_dir = Path(req["work_dir"]), Path(req["dump_dir"])
+    marker = Path(req["transfer_marker"])
+    try:
+        dump_id = str(json.loads(marker.read_text())["manifest_sha256"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise RestoreError(f"{marker} is missing or unreadable ({exc.__class__.__name__}): the dump was not "
+                           "transferred and verified. Run the transfer phase (playbooks/05_transfer.yml) "
+                           "first.") from exc
+    work.mkdir(mode=0o750, parents=True, exist_ok=True)
+    steps = sorted(p.name for p in work.iterdir() if p.suffix in (".done", ".started"))
+    owner = work / "dump_id"
+    if owner.exists() and owner.read_text().strip() != dump_id:
+        raise RestoreError(f"The restore markers in {work} belong to another dump than the one in {dump_dir}. "
+                           f"Nothing was changed. To restore this dump, empty the target database and remove {work}.")
+    if "pre-data.done" not in steps:
+        target = req["target"]
+        with connect() as conn:
+            found = check_target(conn, req.get("schemas"))
+        if found["tables"]:
+            raise RestoreError(
+                f"The target {target.get('dbname')} on {target.get('host')} already has {len(found['tables'])} "
+                f"application table(s) ({len(found['with_rows'])} with rows: {', '.join(found['with_rows'][:10])}) "
+                f"and no marker in {work} shows an unfinished restore of this dump. Nothing was changed. Restore "
+                "into an empty database, or drop those tables first.")
+    passfile = work / "pgpass"
+    fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(_pgpass_line(req["target"]))
+    owner.write_text(dump_id + "\n")
+    toc = write_toc_lists(dump_dir, work, req.get("pg_restore") or "pg_restore")
+    return {"dump_id": dump_id, "steps": steps, "dropped": toc["dropped"], "entries": toc["entries"]}
+
+
 def _request() -> dict[str, Any]:
     try:
         req = json.load(sys.stdin)
@@ -214,6 +288,9 @@ def _cmd(args: argparse.Namespace) -> Any:
         return {"errors": errors, "unexpected": unexpected}
     if args.command == "data-progress":
         return _data_progress(args)
+    if args.command == "prepare":
+        req = _request()
+        return prepare_restore(lambda: db.connect(_endpoint(req, "target"), "restore"), req)
     if args.command == "check-target":
         return _with_target(lambda conn, req: check_target(conn, req.get("schemas")))
     if args.command == "truncate":
@@ -228,7 +305,10 @@ def _cmd(args: argparse.Namespace) -> Any:
         if req.get("check"):
             return dict(plan.as_dict(), queries=[])
         with db.connect(_endpoint(req, "target"), "restore bigint") as dst:
-            return dict(plan.as_dict(), queries=bigint.apply_bigint(dst, plan))
+            result = dict(plan.as_dict(), queries=bigint.apply_bigint(dst, plan))
+        if req.get("marker"):  # the step's marker, written only once the target has the new types
+            Path(req["marker"]).write_text(json.dumps(result, indent=2) + "\n")
+        return result
     raise AssertionError(args.command)
 
 
@@ -267,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--phase", default="restore")
     dp.add_argument("--finished", action="store_true", help="pg_restore exited 0: everything is done")
     dp.add_argument("--restart", action="store_true")
-    for name in ("check-target", "truncate", "grant", "bigint"):
+    for name in ("prepare", "check-target", "truncate", "grant", "bigint"):
         sub.add_parser(name, help="reads a JSON request on stdin")
     return parser
 

@@ -5,6 +5,7 @@ import pytest
 
 from great_escape import db
 from great_escape.errors import SyncError
+from great_escape.localcluster import ClusterError, LocalCluster
 
 
 def test_replication_user_cannot_set_replica_role(dbpair):
@@ -27,3 +28,10 @@ def test_neither_function_nor_set_is_a_clear_error(dbpair):
     dbpair.sql_target("DROP FUNCTION public.rds_session_replication_role(text)")
     with db.connect(dbpair.repl, "test") as conn, pytest.raises(SyncError, match="rds_session_replication_role"):
         db.set_replica_role(conn)
+
+
+def test_start_on_a_busy_port_names_the_port_and_creates_nothing(source_cluster, tmp_path):
+    datadir = tmp_path / "busy"
+    with pytest.raises(ClusterError, match=f"port {source_cluster.port} on 127.0.0.1 is in use"):
+        LocalCluster(datadir, source_cluster.port, "source").start()
+    assert not datadir.exists()

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from bench import common as bench_common
 from tests.conftest import REPL_PASSWORD, REPL_USER, ROOT, DbPair
 
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
@@ -20,26 +20,7 @@ ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
 
 def write_inventory(path: Path, pair: DbPair, work: Path, **overrides: Any) -> Path:
     """An inventory like inventories/local, pointed at `pair`'s databases and a scratch work dir."""
-    path.mkdir(parents=True, exist_ok=True)
-    hosts = yaml.safe_load((ROOT / "inventories/local/hosts.yml").read_text())
-    (path / "hosts.yml").write_text(yaml.safe_dump(hosts))
-    (path / "group_vars/all").mkdir(parents=True, exist_ok=True)
-    local = yaml.safe_load((ROOT / "inventories/local/group_vars/all/main.yml").read_text())
-    local.update(
-        ge_migration_name=f"test-{pair.source['dbname']}",
-        ge_local_clusters=False,
-        ge_local_root=str(work),
-        ge_source_host=pair.source["host"], ge_source_port=pair.source["port"],
-        ge_source_db=pair.source["dbname"], ge_source_user=pair.source["user"],
-        ge_source_password=pair.source["password"],
-        ge_target_host=pair.target["host"], ge_target_port=pair.target["port"],
-        ge_target_db=pair.target["dbname"], ge_target_master_user=pair.target["user"],
-        ge_target_master_password=pair.target["password"],
-        ge_target_user=REPL_USER, ge_target_password=REPL_PASSWORD,
-    )
-    local.update(overrides)
-    (path / "group_vars/all/main.yml").write_text(yaml.safe_dump(local))
-    return path
+    return bench_common.write_inventory(path, pair.source, pair.target, work, REPL_USER, REPL_PASSWORD, **overrides)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from great_escape.localcluster import LocalCluster
+from great_escape.localcluster import LocalCluster, port_free
 from tests.playbooks.conftest import write_inventory
 
 PLAYBOOK = "playbooks/00_preflight.yml"
@@ -60,9 +60,12 @@ def test_preflight_fails_with_a_clear_message_and_changes_nothing(shop, run_play
 
 def test_local_clusters_start_once(dbpair, run_playbook, tmp_path):
     root = Path("/var/tmp/great-escape-tests") / f"local-{dbpair.source['dbname']}"
+    # Fixed ports can be taken by any client's ephemeral port: take two that are free now.
+    source_port, target_port = [p for p in range(57210, 57300) if port_free(p)][:2]
     inventory = write_inventory(tmp_path / "inv", dbpair, root, ge_local_clusters=True,
-                                ge_source_port=57210, ge_target_port=57211)
-    clusters = [LocalCluster(root / "source", 57210, "source"), LocalCluster(root / "aurora", 57211, "aurora")]
+                                ge_source_port=source_port, ge_target_port=target_port)
+    clusters = [LocalCluster(root / "source", source_port, "source"),
+                LocalCluster(root / "aurora", target_port, "aurora")]
     try:
         first = run_playbook(PLAYBOOK, inventory_path=inventory)
         assert changed(first.stdout, "source") >= 1 and changed(first.stdout, "target") >= 1, first.stdout

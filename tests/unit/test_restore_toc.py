@@ -1,6 +1,11 @@
-"""TOC filtering: the project's objects leave the restore list, the application's stay."""
+"""TOC filtering: the project's objects leave the restore list, the application's stay; the restore's prepare step."""
 
-from great_escape.restore import filter_toc, finished_items, parse_toc_line, restore_errors
+import json
+
+import pytest
+
+from great_escape.errors import RestoreError
+from great_escape.restore import filter_toc, finished_items, parse_toc_line, prepare_restore, restore_errors
 
 TOC = """;
 ; Archive created at 2026-11-25 15:52:01 UTC
@@ -42,3 +47,61 @@ def test_progress_and_errors_from_the_log():
         'pg_restore: error: could not execute query: ERROR:  multiple primary keys for table "t" are not allowed\n'
         "pg_restore: error: could not execute query: ERROR:  permission denied for schema x\n")
     assert len(errors) == 3 and unexpected == ["permission denied for schema x"]
+
+
+# --------------------------------------------------------------------------- the prepare step (no target needed:
+# these cases are decided before any connection; the playbook test covers the target checks)
+
+def _no_connection():
+    raise AssertionError("prepare must not connect to the target here")
+
+
+def _prepare_request(tmp_path, dump_id="abc", password="pa:ss\\word"):
+    marker = tmp_path / "transfer.done.json"
+    if dump_id is not None:
+        marker.write_text(json.dumps({"manifest_sha256": dump_id}))
+    return {"target": {"host": "db.example", "port": 5432, "dbname": "app", "user": "master", "password": password},
+            "schemas": [], "work_dir": str(tmp_path / "restore"), "dump_dir": str(tmp_path / "dump"),
+            "transfer_marker": str(marker), "pg_restore": str(_fake_pg_restore(tmp_path))}
+
+
+def _fake_pg_restore(tmp_path):
+    """`pg_restore --list --file=F DIR` that writes the TOC above; stands in for a real archive."""
+    script = tmp_path / "pg_restore"
+    script.write_text(f"#!/bin/bash\nfor a in \"$@\"; do case $a in --file=*) cat > \"${{a#--file=}}\" <<'TOC'\n"
+                      f"{TOC}TOC\n;; esac; done\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_prepare_refuses_a_dump_that_was_not_transferred(tmp_path):
+    with pytest.raises(RestoreError, match="not transferred and verified"):
+        prepare_restore(_no_connection, _prepare_request(tmp_path, dump_id=None))
+    assert not (tmp_path / "restore").exists()
+
+
+def test_prepare_refuses_markers_of_another_dump(tmp_path):
+    req = _prepare_request(tmp_path)
+    work = tmp_path / "restore"
+    work.mkdir()
+    (work / "dump_id").write_text("other\n")
+    (work / "pre-data.done").write_text("other\n")
+    with pytest.raises(RestoreError, match="belong to another dump"):
+        prepare_restore(_no_connection, req)
+    assert sorted(p.name for p in work.iterdir()) == ["dump_id", "pre-data.done"]
+
+
+def test_prepare_resumes_writes_the_password_file_and_every_list(tmp_path):
+    req = _prepare_request(tmp_path)
+    work = tmp_path / "restore"
+    work.mkdir()
+    for name in ("pre-data.done", "data.started"):
+        (work / name).write_text("abc\n")
+    result = prepare_restore(_no_connection, req)  # pre-data is done: the target is not checked again
+    assert result["dump_id"] == "abc" and result["steps"] == ["data.started", "pre-data.done"]
+    assert len(result["dropped"]) == 3 * 7 and set(result["entries"]) == {"pre-data", "data", "post-data"}
+    passfile = work / "pgpass"
+    assert passfile.stat().st_mode & 0o777 == 0o600
+    assert passfile.read_text() == "db.example:5432:app:master:pa\\:ss\\\\word\n"
+    assert (work / "dump_id").read_text() == "abc\n"
+    assert "3218; 2620" not in (work / "data.list").read_text().replace(";great-escape dropped: 3218", "")
