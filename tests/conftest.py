@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from great_escape.localcluster import MASTER_USER, LocalCluster
+from great_escape.localcluster import MASTER_USER, LocalCluster, port_free
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_ROOT = Path(os.environ.get("GE_TEST_ROOT", "/var/tmp/great-escape-tests")) / str(os.getpid())
@@ -28,8 +28,12 @@ _counter = itertools.count()
 
 
 def _port(offset: int) -> int:
-    # A port range per pytest process (xdist-safe enough); override with GE_TEST_PORT_BASE.
-    return int(os.environ.get("GE_TEST_PORT_BASE", 60000 + os.getpid() % 1000 * 2)) + offset
+    """A free port from this pytest process's range (xdist-safe enough); override with GE_TEST_PORT_BASE.
+
+    The range lies in Linux's ephemeral ports, where any client socket may hold one: busy ones are skipped.
+    """
+    base = int(os.environ.get("GE_TEST_PORT_BASE", 60000 + os.getpid() % 1000 * 2)) + offset
+    return next(p for p in range(base, base + 200, 2) if port_free(p))
 
 
 @pytest.fixture(scope="session")
