@@ -72,7 +72,8 @@ class LocalCluster:
         """initdb (once), start, and set up roles and the database. Re-running on a live cluster is a no-op."""
         if self.running():
             return self
-        if not port_free(self.port, self.listen):
+        # listen_addresses syntax: a comma list, "*" for every address.
+        if not all(port_free(self.port, "0.0.0.0" if h.strip() == "*" else h.strip()) for h in self.listen.split(",")):
             raise ClusterError(f"cannot start the {self.kind} cluster in {self.datadir}: port {self.port} on "
                                f"{self.listen} is in use by another program; choose a free port")
         fresh = not (self.datadir / "PG_VERSION").exists()
