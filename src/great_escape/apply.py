@@ -222,21 +222,10 @@ class Applier:
         if tgt.other_unique:
             rows = self._insert_resolving_conflicts(pair, source_rows, keytab)
         else:
-            rows = self._stream(source_rows, tgt.ident, src.copy_columns)
+            rows = stream(self.source, self.target, source_rows, tgt.ident, src.copy_columns)
         self.source.execute(sql.SQL("DELETE FROM {} WHERE ctid = ANY({}::tid[])").format(
             delta, sql.Literal("{" + ",".join(f'"{c}"' for c in ctids) + "}")))
         return len(ctids), rows, len(ctids) >= self.batch_size
-
-    def _stream(self, query: sql.Composable, into: sql.Composable, columns: tuple[str, ...]) -> int:
-        """Text COPY from the source query into the target: values cross as text, so types may differ."""
-        rows = 0
-        with self.source.cursor() as scur, self.target.cursor() as tcur, \
-                scur.copy(sql.SQL("COPY ({}) TO STDOUT").format(query)) as out, \
-                tcur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(into, _cols(columns))) as inp:
-            for row in out:
-                inp.write(row)
-                rows += 1
-        return rows
 
     def _temp_like(self, table: Table, kind: str, columns: tuple[str, ...]) -> sql.Identifier:
         """A session temp table with the target's own types for `columns`, emptied at each commit."""
@@ -254,7 +243,7 @@ class Applier:
         """
         src, tgt = pair.source, pair.target
         stage = self._temp_like(tgt, "s", src.copy_columns)
-        self._stream(source_rows, stage, src.copy_columns)
+        stream(self.source, self.target, source_rows, stage, src.copy_columns)
         for _ in range(MAX_CONFLICT_ROUNDS):
             conflicts: set[tuple[str, ...]] = set()
             for unique in tgt.other_unique:
@@ -269,8 +258,8 @@ class Applier:
                      pair.name, len(conflicts))
             match = sql.SQL(" OR ").join(_key_equals(tgt.key, c) for c in conflicts)
             self.target.execute(sql.SQL("DELETE FROM {} WHERE {}").format(_from(tgt), match))
-            self._stream(sql.SQL("SELECT {} FROM {} WHERE {}").format(_cols(src.copy_columns), _from(src), match),
-                         stage, src.copy_columns)
+            stream(self.source, self.target, sql.SQL("SELECT {} FROM {} WHERE {}").format(
+                _cols(src.copy_columns), _from(src), match), stage, src.copy_columns)
         else:
             raise SyncError(f"table {pair.name}: unique values keep conflicting after {MAX_CONFLICT_ROUNDS} rounds")
         cur = self.target.execute(sql.SQL("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT DISTINCT ON ({}) {} "
@@ -286,8 +275,8 @@ class Applier:
         _plan_by_index(self.target, False)
         delta = sql.Identifier(capture.SCHEMA, capture.delta_name(src.relid))
         self.target.execute(sql.SQL("DELETE FROM {}").format(_from(tgt)))
-        rows = self._stream(sql.SQL("SELECT {} FROM {}").format(_cols(src.copy_columns), _from(src)),
-                            tgt.ident, src.copy_columns)
+        rows = stream(self.source, self.target, sql.SQL("SELECT {} FROM {}").format(
+            _cols(src.copy_columns), _from(src)), tgt.ident, src.copy_columns)
         # In this snapshot: exactly the events and deltas the copy covers; later ones stay.
         cur = self.source.execute(sql.SQL("DELETE FROM {}").format(delta))
         deltas = cur.rowcount
@@ -317,17 +306,24 @@ def _key_filter(pair: Pair) -> Callable[[bytes], bool] | None:
     return fits
 
 
-def copy_table(source: psycopg.Connection[Any], target: psycopg.Connection[Any], src: Table, tgt: Table) -> int:
-    """Replace the target table's rows with the source's (keyless tables at cutover). Caller commits."""
-    target.execute(sql.SQL("DELETE FROM {}").format(_from(tgt)))
-    query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(_cols(src.copy_columns), _from(src))
+def stream(source: psycopg.Connection[Any], target: psycopg.Connection[Any], query: sql.Composable,
+           into: sql.Composable, columns: tuple[str, ...]) -> int:
+    """Text COPY from the source query into the target: values cross as text, so types may differ."""
     rows = 0
-    with source.cursor() as scur, target.cursor() as tcur, scur.copy(query) as out, \
-            tcur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(tgt.ident, _cols(src.copy_columns))) as inp:
+    with source.cursor() as scur, target.cursor() as tcur, \
+            scur.copy(sql.SQL("COPY ({}) TO STDOUT").format(query)) as out, \
+            tcur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(into, _cols(columns))) as inp:
         for row in out:
             inp.write(row)
             rows += 1
     return rows
+
+
+def copy_table(source: psycopg.Connection[Any], target: psycopg.Connection[Any], src: Table, tgt: Table) -> int:
+    """Replace the target table's rows with the source's (keyless tables at cutover). Caller commits."""
+    target.execute(sql.SQL("DELETE FROM {}").format(_from(tgt)))
+    return stream(source, target, sql.SQL("SELECT {} FROM {}").format(_cols(src.copy_columns), _from(src)),
+                  tgt.ident, src.copy_columns)
 
 
 def _from(table: Table) -> sql.Composable:
