@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import json
 import os
 import platform
 import re
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from psycopg import sql
 
 from great_escape import catalog, db
@@ -188,8 +190,6 @@ def write_inventory(path: Path, source: dict[str, Any], target: dict[str, Any], 
 
     Shared by the benchmarks and tests/playbooks/conftest.py; `overrides` are more group_vars/all values.
     """
-    import yaml  # ansible's dependency: there wherever the playbooks run
-
     path.mkdir(parents=True, exist_ok=True)
     hosts = yaml.safe_load((ROOT / "inventories/local/hosts.yml").read_text())
     (path / "hosts.yml").write_text(yaml.safe_dump(hosts))
@@ -221,8 +221,6 @@ def playbook_env() -> dict[str, str]:
 def run_playbook(playbook: str, inventory: Path, *, extra: dict[str, Any] | None = None, timeout: float,
                  log: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """ansible-playbook -i inventory ROOT/playbook [-e extra]; BenchError with the tail of its output on failure."""
-    import json
-
     cmd = [ANSIBLE_PLAYBOOK, "-i", str(inventory), str(ROOT / playbook)]
     if extra:
         cmd += ["-e", json.dumps(extra)]

@@ -1,9 +1,8 @@
 """Target-side steps of the restore phase, called by roles/restore on the replication host.
 
-    python -m great_escape.restore toc-filter IN OUT          # drop what the project installed on the source
     python -m great_escape.restore data-progress --toc L --log F --dump-dir D [--state-dir S]
     python -m great_escape.restore restore-errors --log F     # only "already exists" allowed on a re-run
-    python -m great_escape.restore {prepare,check-target,truncate,grant,bigint} < request.json
+    python -m great_escape.restore {prepare,truncate,grant,bigint} < request.json
 
 Commands that connect read one JSON request on stdin (`target`, `source`: libpq parameters with the
 password, `schemas`, ...), so passwords never appear on a command line; each prints one JSON result.
@@ -103,13 +102,12 @@ def filter_toc(lines: Iterable[str]) -> tuple[list[str], list[str]]:
 SECTIONS = ("pre-data", "data", "post-data")
 
 
-def write_toc_lists(dump_dir: Path, work_dir: Path, pg_restore: str = "pg_restore",
-                    sections: Iterable[str] = SECTIONS) -> dict[str, Any]:
+def write_toc_lists(dump_dir: Path, work_dir: Path, pg_restore: str = "pg_restore") -> dict[str, Any]:
     """`pg_restore --list` of every section's archive into WORK/<section>.toc, and the filtered list for
     `pg_restore -L` into WORK/<section>.list (one program run instead of two per section)."""
     dropped: list[str] = []
     entries: dict[str, int] = {}
-    for section in sections:
+    for section in SECTIONS:
         toc, listing = work_dir / f"{section}.toc", work_dir / f"{section}.list"
         proc = subprocess.run([pg_restore, "--list", f"--file={toc}", str(dump_dir / section)],
                               capture_output=True, text=True, check=False)
@@ -279,10 +277,6 @@ def _with_target(func: Any) -> Any:
 
 
 def _cmd(args: argparse.Namespace) -> Any:
-    if args.command == "toc-filter":
-        kept, dropped = filter_toc(Path(args.infile).read_text().splitlines())
-        Path(args.outfile).write_text("\n".join(kept) + "\n")
-        return {"dropped": dropped, "entries": sum(1 for line in kept if _ENTRY.match(line))}
     if args.command == "restore-errors":
         errors, unexpected = restore_errors(Path(args.log).read_text(errors="replace"))
         return {"errors": errors, "unexpected": unexpected}
@@ -291,8 +285,6 @@ def _cmd(args: argparse.Namespace) -> Any:
     if args.command == "prepare":
         req = _request()
         return prepare_restore(lambda: db.connect(_endpoint(req, "target"), "restore"), req)
-    if args.command == "check-target":
-        return _with_target(lambda conn, req: check_target(conn, req.get("schemas")))
     if args.command == "truncate":
         return _with_target(lambda conn, req: {"truncated": truncate_tables(conn, req.get("schemas"))})
     if args.command == "grant":
@@ -334,9 +326,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m great_escape.restore", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    toc = sub.add_parser("toc-filter", help="write a pg_restore -L list without the project's objects")
-    toc.add_argument("infile")
-    toc.add_argument("outfile")
     errs = sub.add_parser("restore-errors", help="SQL errors in a pg_restore log")
     errs.add_argument("--log", required=True)
     dp = sub.add_parser("data-progress", help="tables and dump bytes restored so far")
@@ -347,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--phase", default="restore")
     dp.add_argument("--finished", action="store_true", help="pg_restore exited 0: everything is done")
     dp.add_argument("--restart", action="store_true")
-    for name in ("prepare", "check-target", "truncate", "grant", "bigint"):
+    for name in ("prepare", "truncate", "grant", "bigint"):
         sub.add_parser(name, help="reads a JSON request on stdin")
     return parser
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,8 +12,6 @@ import pytest
 
 from bench import common as bench_common
 from tests.conftest import REPL_PASSWORD, REPL_USER, ROOT, DbPair
-
-ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
 
 
 def write_inventory(path: Path, pair: DbPair, work: Path, **overrides: Any) -> Path:
@@ -43,12 +39,11 @@ def run_playbook(inventory: Path) -> PlaybookRunner:
 
     def run(playbook: str, extra: dict[str, Any] | None = None, check: bool = True,
             inventory_path: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-        cmd = [ANSIBLE_PLAYBOOK, "-i", str(inventory_path or inventory), str(ROOT / playbook)]
+        cmd = [bench_common.ANSIBLE_PLAYBOOK, "-i", str(inventory_path or inventory), str(ROOT / playbook)]
         if extra:
             cmd += ["-e", json.dumps(extra)]
-        env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0",
-                   ANSIBLE_NOCOLOR="1", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True, timeout=timeout)
+        proc = subprocess.run(cmd, cwd=ROOT, env=bench_common.playbook_env(), text=True, capture_output=True,
+                              timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"{playbook} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")
