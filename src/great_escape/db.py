@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 
 from .errors import ConnectError, SyncError
 
@@ -87,37 +89,161 @@ def _connect_message(params: Mapping[str, Any], text: str) -> str:
     return f"cannot connect to {where}: {last}"
 
 
-def set_replica_role(conn: psycopg.Connection[Any]) -> str:
-    """Switch the session to `session_replication_role = replica` and prove it took.
+@dataclass(frozen=True)
+class ReplicaRoleFunction:
+    """The `schema.rds_session_replication_role(text)` the sync may call on its target (Aurora/RDS), and
+    the role that must own it. `owner=None`: any role that may itself SET session_replication_role
+    (superuser, rds_superuser member, or granted SET on the parameter) other than the caller."""
 
-    Uses rds_session_replication_role() where it exists and is executable (Aurora/RDS), else SET.
-    Returns how it was done ("function" or "set"). Raises SyncError when neither works.
+    schema: str = "public"
+    owner: str | None = None
+
+    def signature(self) -> sql.Composable:
+        return sql.SQL("{}(pg_catalog.text)").format(sql.Identifier(self.schema, REPLICA_ROLE_FUNCTION))
+
+    def describe(self) -> str:
+        return f"{self.schema}.{REPLICA_ROLE_FUNCTION}(text)"
+
+
+# Everything that decides whether the function may be called, read in one query. The grants come from
+# aclexplode over the default ACL when proacl is NULL (EXECUTE for PUBLIC then).
+_FUNCTION_FACTS = """
+SELECT pg_catalog.pg_get_userbyid(p.proowner) AS owner,
+       p.prosecdef AS security_definer,
+       p.proconfig AS config,
+       ARRAY(SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE COALESCE(r.rolname::text, a.grantee::text) END
+                    || CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END
+             FROM pg_catalog.aclexplode(COALESCE(p.proacl, pg_catalog.acldefault('f', p.proowner))) a
+             LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+             WHERE a.privilege_type = 'EXECUTE'
+               AND a.grantee <> p.proowner
+               AND (a.grantee <> (SELECT u.oid FROM pg_catalog.pg_roles u WHERE u.rolname = current_user)
+                    OR a.is_grantable)
+             ORDER BY 1) AS other_grantees,
+       pg_catalog.has_function_privilege(p.oid, 'EXECUTE') AS executable,
+       o.rolsuper OR EXISTS (SELECT FROM pg_catalog.pg_roles g WHERE g.rolname = 'rds_superuser'
+                             AND pg_catalog.pg_has_role(p.proowner, g.oid, 'MEMBER'))
+           {owner_may_set} AS owner_may_set,
+       p.proowner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user) AS owned_by_caller
+FROM pg_catalog.pg_proc p
+JOIN pg_catalog.pg_roles o ON o.oid = p.proowner
+WHERE p.oid = pg_catalog.to_regprocedure(%s)
+"""
+
+# search_path entries a SECURITY DEFINER function may have: nothing another role can create objects in.
+_PINNED_PATH = ("pg_catalog", "pg_temp")
+
+
+def may_set_replica_role(conn: psycopg.Connection[Any]) -> bool:
+    """Whether this session may SET session_replication_role itself: a superuser, or (PostgreSQL 15+) a role
+    granted SET on the parameter (`GRANT SET ON PARAMETER session_replication_role TO ...`)."""
+    if conn.info.server_version >= 150000:
+        query = ("SELECT pg_catalog.current_setting('is_superuser') = 'on' "
+                 "OR pg_catalog.has_parameter_privilege('session_replication_role', 'SET')")
+    else:
+        query = "SELECT pg_catalog.current_setting('is_superuser') = 'on'"
+    row = conn.execute(query).fetchone()
+    return bool(row and row[0])
+
+
+def check_replica_role_function(conn: psycopg.Connection[Any], function: ReplicaRoleFunction) -> list[str]:
+    """What is wrong with the configured function for this session's user, each with its fix; [] if it
+    may be called: it exists with exactly that signature, is owned by the configured owner, is SECURITY
+    DEFINER with search_path pinned to pg_catalog, and EXECUTE is granted to nobody but its owner and
+    this user (no grant option either)."""
+    reinstall = "reinstall it with the prepare-target phase (playbooks/02_prepare_target.yml)"
+    owner_may_set = sql.SQL("")
+    if conn.info.server_version >= 150000:
+        owner_may_set = sql.SQL("OR pg_catalog.has_parameter_privilege(p.proowner, 'session_replication_role', 'SET')")
+    query = sql.SQL(_FUNCTION_FACTS).format(owner_may_set=owner_may_set)
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, (function.signature().as_string(conn),))
+        facts = cur.fetchone()
+    user = conn.info.user
+    if facts is None:
+        return ["it does not exist; install it with the prepare-target phase (playbooks/02_prepare_target.yml) "
+                "or set replica_role_function.schema to the schema that holds it"]
+    problems = []
+    if function.owner is not None and facts["owner"] != function.owner:
+        problems.append(f"it is owned by {facts['owner']}, not by {function.owner} (replica_role_function.owner): "
+                        f"drop it and {reinstall}, or correct replica_role_function.owner")
+    elif function.owner is None and (facts["owned_by_caller"] or not facts["owner_may_set"]):
+        problems.append(f"its owner {facts['owner']} may not SET session_replication_role itself (or is "
+                        f"{user}, the caller): drop it and {reinstall}, and name its owner in "
+                        "replica_role_function.owner")
+    if not facts["security_definer"]:
+        problems.append(f"it is SECURITY INVOKER, so it would run with {user}'s privileges: {reinstall} "
+                        "(SECURITY DEFINER)")
+    if not _pinned_search_path(facts["config"] or []):
+        setting = next((c for c in facts["config"] or [] if c.startswith("search_path=")), None)
+        problems.append(f"its search_path is {'not pinned' if setting is None else repr(setting)}: {reinstall} "
+                        "(SET search_path = pg_catalog, pg_temp)")
+    if facts["other_grantees"]:
+        problems.append(f"EXECUTE is granted to {', '.join(facts['other_grantees'])}: revoke it, e.g. REVOKE ALL ON "
+                        f"FUNCTION {function.describe()} FROM PUBLIC, or {reinstall}; only {user} and the owner "
+                        "may execute it")
+    if not facts["executable"]:
+        problems.append(f"{user} may not EXECUTE it: {reinstall} with {user} as the replication user")
+    return problems
+
+
+def _pinned_search_path(config: list[str]) -> bool:
+    """search_path set in the function's own configuration, to pg_catalog (and pg_temp last) only."""
+    values = [c.split("=", 1)[1] for c in config if c.startswith("search_path=")]
+    if len(values) != 1:
+        return False
+    entries = [e.strip().strip('"') for e in values[0].split(",")]
+    entries = [e for e in entries if e]
+    if any(e not in _PINNED_PATH for e in entries):
+        return False
+    return "pg_temp" not in entries or entries[-1] == "pg_temp"
+
+
+def set_replica_role(conn: psycopg.Connection[Any], function: ReplicaRoleFunction | None = None) -> str:
+    """Switch the session to `session_replication_role = replica` and prove it took (DESIGN.md invariant 6).
+
+    Where this user may SET it (superuser; PostgreSQL 15+: granted SET on the parameter), SET it and never
+    call a function. Otherwise call exactly the configured `function` (Aurora/RDS), once it passed
+    check_replica_role_function(). With `function=None` (the source side: reverse sync, rollback) a function
+    is never called. Returns how it was done ("set" or "function"). Raises SyncError, naming the fix.
     """
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT n.nspname FROM pg_catalog.pg_proc p "
-            "JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace "
-            "WHERE p.proname = %s AND pg_catalog.has_function_privilege(p.oid, 'EXECUTE') "
-            "ORDER BY n.nspname = 'public' DESC LIMIT 1",
-            (REPLICA_ROLE_FUNCTION,),
-        )
-        row = cur.fetchone()
-    method = "function" if row else "set"
+    where = f"{conn.info.host}:{conn.info.port}/{conn.info.dbname} as {conn.info.user}"
+    allowed = False
     try:
         with conn.transaction():
-            with conn.cursor() as cur:
-                if row:
-                    cur.execute(
-                        sql.SQL("SELECT {}(%s)").format(sql.Identifier(row[0], REPLICA_ROLE_FUNCTION)), ("replica",)
+            allowed = may_set_replica_role(conn)
+            if allowed:
+                conn.execute("SET session_replication_role = replica")
+            elif function is None:
+                raise SyncError(
+                    f"cannot switch session_replication_role to replica on {where}: {conn.info.user} may not SET "
+                    "it, and on this side no function is ever called. Grant it (PostgreSQL 15+: GRANT SET ON "
+                    f"PARAMETER session_replication_role TO {conn.info.user}) or connect as a superuser"
+                )
+            else:
+                problems = check_replica_role_function(conn, function)
+                if problems:
+                    raise SyncError(
+                        f"refusing to call {function.describe()} on {where} to switch session_replication_role"
+                        f" (this user may not SET it): {'; '.join(problems)}"
                     )
-                else:
-                    cur.execute("SET session_replication_role = replica")
+                conn.execute(
+                    sql.SQL("SELECT {}(%s::pg_catalog.text)").format(
+                        sql.Identifier(function.schema, REPLICA_ROLE_FUNCTION)
+                    ),
+                    ("replica",),
+                )
     except psycopg.Error as exc:
+        if allowed or function is None:
+            fix = "check that this user may SET session_replication_role"
+        else:
+            fix = (f"reinstall {function.describe()} with the prepare-target phase (playbooks/02_prepare_target.yml) "
+                   "with this user as the replication user")
         raise SyncError(
-            f"cannot switch session_replication_role to replica on {conn.info.host}:{conn.info.port}/"
-            f"{conn.info.dbname} as {conn.info.user} ({method}: {_primary(exc)}); install "
-            f"{REPLICA_ROLE_FUNCTION}(text) with the prepare-target phase and grant EXECUTE to this user"
+            f"cannot switch session_replication_role to replica on {where} "
+            f"({'SET' if allowed or function is None else function.describe()}: {_primary(exc)}); {fix}"
         ) from exc
+    method = "set" if allowed else "function"
     actual = conn.execute("SELECT pg_catalog.current_setting('session_replication_role')").fetchone()
     conn.commit()
     if not actual or actual[0] != "replica":

@@ -5,7 +5,10 @@ import pytest
 
 from great_escape import db
 from great_escape.errors import SyncError
-from great_escape.localcluster import ClusterError, LocalCluster
+from great_escape.localcluster import MASTER_USER, ClusterError, LocalCluster
+
+# The target's function as the sync configuration names it (schema, owner).
+FUNCTION = db.ReplicaRoleFunction("public", MASTER_USER)
 
 
 def test_replication_user_cannot_set_replica_role(dbpair):
@@ -15,7 +18,7 @@ def test_replication_user_cannot_set_replica_role(dbpair):
 
 def test_replica_role_through_function(dbpair):
     with db.connect(dbpair.repl, "test") as conn:
-        assert db.set_replica_role(conn) == "function"
+        assert db.set_replica_role(conn, FUNCTION) == "function"
         assert conn.execute("SHOW session_replication_role").fetchone()[0] == "replica"
 
 
@@ -27,7 +30,7 @@ def test_function_refuses_other_values(dbpair):
 def test_neither_function_nor_set_is_a_clear_error(dbpair):
     dbpair.sql_target("DROP FUNCTION public.rds_session_replication_role(text)")
     with db.connect(dbpair.repl, "test") as conn, pytest.raises(SyncError, match="rds_session_replication_role"):
-        db.set_replica_role(conn)
+        db.set_replica_role(conn, FUNCTION)
 
 
 def test_start_on_a_busy_port_names_the_port_and_creates_nothing(source_cluster, tmp_path):
