@@ -35,6 +35,14 @@ options:
       - With I(state=present), also install the schema freeze. With I(state=absent) the freeze is always removed.
     type: bool
     default: true
+  ddl_roles:
+    description:
+      - Roles that may lift the schema freeze for their session with C(SET great_escape.allow_ddl = on);
+        for every other role the setting changes nothing. Empty means the I(source) user.
+      - A freeze installed for other roles is installed again with these.
+    type: list
+    elements: str
+    default: []
   state:
     description: Whether capture should be installed or removed.
     type: str
@@ -48,6 +56,10 @@ attributes:
     support: full
 notes:
   - The I(source) user must own the tables or be a superuser; the freeze needs a superuser (event triggers).
+  - The capture trigger functions run as the NOLOGIN role C(ge_capture_writer), the only role that may write
+    the delta tables; the I(source) user creates it (CREATEROLE) and becomes a member, or a superuser does
+    both beforehand. Nothing in schema C(ge_capture) is granted to PUBLIC.
+  - Registered tables whose capture triggers are missing or disabled are repaired (C(repair capture on ...)).
 seealso:
   - name: CREATE EVENT TRIGGER
     link: https://www.postgresql.org/docs/15/sql-createeventtrigger.html
@@ -60,6 +72,7 @@ EXAMPLES = r"""
     source: "{{ capture_source }}"
     schemas: [public]
     freeze: true
+    ddl_roles: [postgres]
 """
 
 RETURN = r"""
@@ -88,6 +101,7 @@ def main() -> None:
         "source", scope=True,
         keyless_tables=dict(type="str", choices=["refuse", "copy_at_cutover"], default="refuse"),
         freeze=dict(type="bool", default=True),
+        ddl_roles=dict(type="list", elements="str", default=[]),
         state=dict(type="str", choices=["present", "absent"], default="present"),
     ))
     from great_escape import capture, config, db
@@ -100,7 +114,8 @@ def main() -> None:
     with engine_errors(module):
         with db.connect(cfg.source, "capture", autocommit=True) as conn:
             before = sorted(capture.registered(conn).values())
-        plan = capture.run(cfg, state=p["state"], freeze=freeze, check=module.check_mode)
+        plan = capture.run(cfg, state=p["state"], freeze=freeze, check=module.check_mode,
+                           ddl_roles=p["ddl_roles"] or None)
     after = sorted(set(before) | {t.qualname for t in plan.install}) if p["state"] == "present" \
         else sorted(set(before) - {name for _, name in plan.remove})
     module.exit_json(changed=plan.changed, actions=plan.describe(), keyless=plan.keyless,

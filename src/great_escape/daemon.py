@@ -50,6 +50,7 @@ class SyncProcess:
         self.stopping = False
         self.reload_interval = 30.0  # seconds between re-reads of the captured tables and their columns
         self._conns: list[psycopg.Connection[Any]] = []
+        self._kick_refused = False  # warned once that this sync user may not mark itself waiting
 
     # ------------------------------------------------------------ connections
 
@@ -70,7 +71,7 @@ class SyncProcess:
                             f"{db.describe(self.cfg.source)}; stop it first (one sync per direction)")
         check_live(target if self.direction == "forward" else source, self.cfg.name, self.direction)
         listener.execute(f"LISTEN {capture.KICK_CHANNEL}")
-        method = db.set_replica_role(target)
+        method = db.set_replica_role(target, self.cfg.target_replica_role_function)
         state.ensure(target)
         pairs = apply.load_pairs(source, target)
         if not pairs:
@@ -140,7 +141,19 @@ class SyncProcess:
         the announcement was visible to them, then wait. A writer whose transaction read the table before the
         announcement and commits after the second look is found at the next poll: poll_interval at most."""
         sync = f"{self.cfg.name} {self.direction}"
-        capture.set_waiting(listener, sync, True)
+        try:
+            capture.set_waiting(listener, sync, True)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            # Only sync users may announce themselves (capture.grant_sync): without it, no writer kicks this sync.
+            if not self._kick_refused:
+                log.warning("%s may not mark itself waiting in %s.%s (%s), so writers do not wake it: it "
+                            "polls every %.1fs instead. Grant it the sync's rights on %s (capture.grant_sync, "
+                            "done by the capture and cutover phases)", listener.info.user, capture.SCHEMA,
+                            capture.WAITING, exc.diag.message_primary, self.cfg.poll_interval, capture.SCHEMA)
+                self._kick_refused = True
+            if not applier.has_work():
+                self._wait(listener)
+            return
         try:
             if not applier.has_work():
                 self._wait(listener)

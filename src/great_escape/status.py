@@ -26,13 +26,15 @@ def pending(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]]:
                                          for name in registry.values()}
     relids = list(registry)
     for i in range(0, len(relids), CHUNK):
-        parts = [sql.SQL("SELECT {}::int8, count(*), min(at) FROM {}").format(
-            sql.Literal(r), sql.Identifier(capture.SCHEMA, capture.delta_name(r))) for r in relids[i:i + CHUNK]]
+        parts = [sql.SQL("SELECT {}::int8, count(*), min({}) FROM {}").format(
+            sql.Literal(r), sql.Identifier(capture.CAPTURED_AT), sql.Identifier(capture.SCHEMA, capture.delta_name(r)))
+            for r in relids[i:i + CHUNK]]
         for relid, count, oldest in conn.execute(sql.SQL(" UNION ALL ").join(parts)).fetchall():
             result[registry[relid]].update(pending=count, oldest=oldest)
     if relids:
-        for relid, count, oldest in conn.execute(sql.SQL("SELECT relid::int8, count(*), min(at) FROM {} GROUP BY 1")
-                                                 .format(sql.Identifier(capture.SCHEMA, "truncates"))).fetchall():
+        for relid, count, oldest in conn.execute(sql.SQL("SELECT relid::int8, count(*), min({}) FROM {} GROUP BY 1")
+                                                 .format(sql.Identifier(capture.CAPTURED_AT),
+                                                         sql.Identifier(capture.SCHEMA, "truncates"))).fetchall():
             if relid in registry:
                 entry = result[registry[relid]]
                 entry["truncates"] = count
