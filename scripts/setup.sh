@@ -27,4 +27,6 @@ fi
 .venv/bin/pip install -q -r requirements.txt -e . 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import great_escape, psycopg, ansible, moto, molecule" \
     || { echo "setup: the virtual environment is incomplete" >&2; exit 1; }
+# Server builds of other PostgreSQL majors for tests/crossversion (GE_PG_MAJORS=all for the full matrix).
+bash scripts/install-pg-majors.sh
 echo "setup: ready (ansible-core $(.venv/bin/python -c "import ansible.release as r; print(r.__version__)"), $(.venv/bin/python --version))"

@@ -2,9 +2,10 @@
 
 Which columns: every int4 column that is (part of) a primary key, every int4 column whose foreign
 key references such a column, plus `include`, minus `exclude` (entries `schema.table` or
-`schema.table.column`). Sequences owned by a converted column (serial or identity) become bigint
-too. Keys and foreign keys are read from the SOURCE catalog: on the target they only appear with
-post-data, after the data is loaded, when a type change would rewrite every table.
+`schema.table.column`), minus partition key columns (their type cannot change; a warning says so).
+Sequences owned by a converted column (serial or identity) become bigint too. Keys and foreign keys are
+read from the SOURCE catalog: on the target they only appear with post-data, after the data is loaded,
+when a type change would rewrite every table.
 """
 
 from __future__ import annotations
@@ -43,6 +44,15 @@ SELECT con.conrelid::int8, k.attnum, con.confrelid::int8, k.refattnum
 FROM pg_catalog.pg_constraint con
 CROSS JOIN LATERAL unnest(con.conkey, con.confkey) AS k(attnum, refattnum)
 WHERE con.contype = 'f'
+"""
+
+# Partition key columns at any level, by the root table and the column's name: PostgreSQL cannot change
+# their type ("cannot alter column ... because it is part of the partition key").
+_PARTITION_KEYS = """
+SELECT pg_catalog.pg_partition_root(p.partrelid)::int8, a.attname
+FROM pg_catalog.pg_partitioned_table p
+CROSS JOIN LATERAL unnest(p.partattrs::int2[]) AS k(attnum)
+JOIN pg_catalog.pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = k.attnum
 """
 
 # Sequences owned by a column: serial (deptype 'a') and identity (deptype 'i').
@@ -131,7 +141,10 @@ def plan_bigint(source: psycopg.Connection[Any], schemas: list[str] | None, mode
         fks = cur.fetchall()
         cur.execute(_OWNED_SEQUENCES)
         owned = {(relid, attnum): (schema, name) for relid, attnum, schema, name in cur.fetchall()}
+        cur.execute(_PARTITION_KEYS)
+        partition_keys = {(relid, name) for relid, name in cur.fetchall()}
     source.rollback()
+    fixed = {key for key, (_, _, column) in int4.items() if (key[0], column) in partition_keys}
 
     reasons: dict[tuple[int, int], str] = {}
     if mode == "auto":
@@ -140,7 +153,7 @@ def plan_bigint(source: psycopg.Connection[Any], schemas: list[str] | None, mode
                 reasons[key] = "primary key"
         for relid, attnum, refrelid, refattnum in fks:
             ref = (refrelid, refattnum)
-            if (relid, attnum) in int4 and ref in int4 and ref in pk:
+            if (relid, attnum) in int4 and ref in int4 and ref in pk and ref not in fixed:
                 reasons.setdefault((relid, attnum), "references {}.{}.{}".format(*int4[ref]))
     for entry in include:
         hits = [key for key, names in int4.items() if _matches(entry, *names)]
@@ -156,6 +169,10 @@ def plan_bigint(source: psycopg.Connection[Any], schemas: list[str] | None, mode
     for key in sorted(reasons, key=lambda k: int4[k]):
         schema, table, column = int4[key]
         if any(_matches(entry, schema, table, column) for entry in exclude):
+            continue
+        if key in fixed:
+            plan.warnings.append(f"{schema}.{table}.{column} ({reasons[key]}) stays integer: it is part of a "
+                                 "partition key, whose type PostgreSQL cannot change")
             continue
         change = ColumnChange(schema, table, column, reasons[key])
         plan.columns.append(change)
