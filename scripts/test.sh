@@ -10,7 +10,7 @@ bash scripts/setup.sh
 export PATH="$root/.venv/bin:$PATH"
 
 echo "== lint"
-ruff check src library module_utils tests bench demo
+ruff check src library module_utils action_plugins tests bench demo
 yamllint -s .
 ansible-lint --offline -q
 for m in library/*.py; do
