@@ -20,12 +20,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from great_escape import catalog, cutover, daemon, db, state, status, verify
+from great_escape import access, catalog, cutover, daemon, db, state, status, verify
 from great_escape import config as configmod
 from great_escape.errors import ConnectError
 from great_escape.localcluster import MASTER_USER, LocalCluster
@@ -199,14 +200,20 @@ def _hand_target_to_master(pair: r.Pair) -> None:
 
 
 def _create_app_role(pair: r.Pair) -> dict[str, dict[str, Any]]:
-    """The application's login role on both clusters, with the usual grants; its connection parameters."""
+    """The application's login role on the source with the usual grants; the migration's access step (what
+    prepare-target and restore run) carries it and its privileges to the target. Its connection parameters."""
     role = sql.Identifier(APP_ROLE)
-    for cluster, params in ((pair.source_cluster, pair.source), (pair.target_cluster, pair.target)):
-        if not c.query(c.superuser(cluster), "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (APP_ROLE,)):
-            c.execute(c.superuser(cluster), sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                role, sql.Literal(APP_PASSWORD)))
-        c.execute(params, sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}")
-                  .format(role), sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(role))
+    if not c.query(c.superuser(pair.source_cluster), "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s",
+                   (APP_ROLE,)):
+        c.execute(c.superuser(pair.source_cluster), sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            role, sql.Literal(APP_PASSWORD)))
+    c.execute(pair.source, sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}")
+              .format(role), sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(role))
+    opts = access.Options(role_map={"postgres": MASTER_USER}, application_roles=(APP_ROLE,),
+                          project_roles=(MASTER_USER, r.REPL_USER), sync_user=r.REPL_USER)
+    master = {**pair.target, "user": MASTER_USER}
+    with db.connect(pair.source, "bench access") as src, db.connect(master, "bench access") as tgt:
+        access.apply(tgt, access.plan(src, tgt, opts))
     return {side: {**params, "user": APP_ROLE, "password": APP_PASSWORD}
             for side, params in (("source", pair.source), ("target", pair.target))}
 
@@ -248,17 +255,25 @@ class Measured:
         return self.first_new - self.last_old
 
 
+def _password_file(tool: r.GreatEscape, password: str) -> Path:
+    """The master's password as the cutover role hands it over: a file only its owner may read."""
+    path = tool.work / "target-admin.password"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    return path
+
+
 def _switch(action: str, tool: r.GreatEscape, cfg: configmod.Config, admin_password: str, timeout: float,
             n: int) -> Measured:
     """The cutover role's command line, as the role runs it; its result read from the status file."""
     before = len(cutover.load_history(cfg.state_dir)["switches"])
     cmd = [sys.executable, "-m", "great_escape.cli", action, "--config", str(tool.config), "--json",
            "--target-admin-user", MASTER_USER, "--stop-writes", "revoke", "--in-flight-timeout", "30",
-           "--quiet-seconds", "3"]
-    env = {**os.environ, cutover.TARGET_ADMIN_PASSWORD_ENV: admin_password}
+           "--quiet-seconds", "3", "--target-admin-password-file", str(_password_file(tool, admin_password))]
     started, clock = time.time(), time.monotonic()
     try:
-        c.run(cmd, env=env, timeout=timeout, what=f"great-escape {action}", log=tool.work / f"{action}-{n}.log")
+        c.run(cmd, timeout=timeout, what=f"great-escape {action}", log=tool.work / f"{action}-{n}.log")
     except c.BenchError as exc:
         raise c.BenchError(f"{exc}\n{tool.diagnostics()}") from exc
     switches = cutover.load_history(cfg.state_dir)["switches"]
@@ -422,9 +437,10 @@ def _report(switches: list[Measured], commits: list[Commit], outside: list[Failu
         "Aurora-like target restored from its pg_dump and handed to the master user (who owns the tables, as "
         "on Aurora); capture installed, the forward sync running under `great-escape supervise start` (the "
         f"sync role's command) and caught up (lag < {MAX_LAG:g} s) before each switch.",
-        f"Load: an application of {WRITERS} connections as the non-superuser role {APP_ROLE}, {RATE} TPS in "
-        "total, pgbench tpcb-like transactions (three UPDATEs, a SELECT, one history row), running through "
-        f"every switch. A failed transaction is retried after {RETRY_AFTER * 1000:.0f} ms on the side "
+        f"Load: an application of {WRITERS} connections as the non-superuser role {APP_ROLE} (created and granted "
+        "on the source only; the migration's access step gave it its role and privileges on the target), "
+        f"{RATE} TPS in total, pgbench tpcb-like transactions (three UPDATEs, a SELECT, one history row), "
+        f"running through every switch. A failed transaction is retried after {RETRY_AFTER * 1000:.0f} ms on the side "
         "great-escape's cutover state (great_escape.cutover_state on the target) names as live, in a new "
         "session if the side changed or the session was ended, as a pgbouncer/DNS switch driven by that state "
         "would; commit times are taken when COMMIT returns.",

@@ -32,6 +32,17 @@ options:
     type: list
     elements: str
     default: []
+  role_map:
+    description:
+      - Source role to target role where they differ (ge_role_map). A source superuser that owns or holds
+        privileges on replicated objects and is not mapped is a problem.
+    type: dict
+    default: {}
+  application_roles:
+    description: The roles the application logs in as; a missing one is a problem.
+    type: list
+    elements: str
+    default: []
   keyless_tables:
     description:
       - What to do with tables without a primary key or unique index on NOT NULL columns.
@@ -164,6 +175,8 @@ def main() -> None:
         replication_dir=dict(type="str", default=""),
         replication_dir_free_bytes=dict(type="int"),
         assumptions=dict(type="dict", default={}),
+        role_map=dict(type="dict", default={}),
+        application_roles=dict(type="list", elements="str", default=[]),
     ))
     from great_escape import preflight
 
@@ -182,6 +195,7 @@ def main() -> None:
         dump_dir=p["dump_dir"], dump_dir_free_bytes=p["dump_dir_free_bytes"],
         replication_dir=p["replication_dir"], replication_dir_free_bytes=p["replication_dir_free_bytes"],
         assumptions=assumptions,
+        role_map={str(k): str(v) for k, v in p["role_map"].items()}, application_roles=p["application_roles"],
     )
     with engine_errors(module):  # engine errors become one sentence; anything else keeps its traceback
         report = preflight.run(inputs)

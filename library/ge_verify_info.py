@@ -129,6 +129,13 @@ mismatched:
   description: How many tables differ.
   returned: success
   type: int
+capture_problems:
+  description:
+    - Capture triggers missing or disabled on either side, one line per table with the fix (re-run the
+      capture phase); changes to such a table would never be synced.
+  returned: success
+  type: list
+  elements: str
 diffs:
   description: The results of the tables that differ (when the task fails).
   returned: failure
@@ -161,7 +168,7 @@ def main() -> None:
         options = VerifyOptions(p["range_rows"], p["recheck"], p["recheck_wait"], p["sample"])
         report = verify(source, target, p["schemas"], p["exclude_tables"], p["tables"] or None, options)
         result.update(tables=report.as_dicts(), summary=format_table(report).splitlines(),
-                      mismatched=len(report.mismatched))
+                      mismatched=len(report.mismatched), capture_problems=report.capture_problems)
         if p["fail_on_mismatch"]:
             report.raise_on_mismatch()
     module.exit_json(**result)

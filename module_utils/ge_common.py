@@ -12,7 +12,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     import great_escape
-    from great_escape.errors import GreatEscapeError, PreflightError, SequenceError, VerifyMismatch
+    from great_escape.errors import AccessError, GreatEscapeError, PreflightError, SequenceError, VerifyMismatch
 
     ENGINE_IMPORT_ERROR = None
 except ImportError:  # pragma: no cover - reported by require_engine()
@@ -108,7 +108,7 @@ def engine_errors(module: AnsibleModule, result: dict[str, Any] | None = None) -
 
 def fail_from(module: AnsibleModule, exc: Exception, **result: Any) -> None:
     """Report an engine error as one sentence plus structured keys; a traceback only if unexpected."""
-    if isinstance(exc, (PreflightError, SequenceError)):
+    if isinstance(exc, (AccessError, PreflightError, SequenceError)):
         module.fail_json(msg=str(exc), problems=exc.problems, **result)
     if isinstance(exc, VerifyMismatch):
         module.fail_json(msg=str(exc), diffs=exc.diffs, **result)

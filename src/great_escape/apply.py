@@ -124,7 +124,7 @@ class Applier:
             pending = self._pending()
             work = [r for r in self.pairs if r in truncated or r in pending]
             if not work:
-                self.source.rollback()
+                self.source.commit()  # read only, but for the removal of events for unknown tables
                 return result
             with self.target.transaction():
                 for relid in work:
@@ -155,9 +155,12 @@ class Applier:
     def has_work(self) -> bool:
         """Whether a batch would find anything now (in a snapshot of its own, then released)."""
         try:
-            return bool(self._truncated() or self._pending())
-        finally:
-            self.source.rollback()
+            found = bool(self._truncated() & set(self.pairs) or self._pending())
+            self.source.commit()  # read only, but for the removal of events for unknown tables
+            return found
+        except BaseException:
+            _rollback_quietly(self.source)
+            raise
 
     def _batch_error(self, pair: Pair, exc: psycopg.Error) -> SyncError:
         """The error that stops the sync: table, what went wrong, and for a value out of range its key."""
@@ -174,9 +177,20 @@ class Applier:
     # ------------------------------------------------------------ source side
 
     def _truncated(self) -> set[int]:
-        rows = self.source.execute(sql.SQL("SELECT DISTINCT relid::int8 FROM {}").format(
-            sql.Identifier(capture.SCHEMA, "truncates"))).fetchall()
-        return {r[0] for r in rows}
+        """Tables with a TRUNCATE event. Events for tables not captured (not in the registry) would keep the
+        sync from ever waiting: they are deleted, with a warning, in the current transaction."""
+        rows = self.source.execute(sql.SQL(
+            "SELECT DISTINCT t.relid::int8, r.relid IS NOT NULL FROM {} t LEFT JOIN {} r "
+            "ON r.relid OPERATOR(pg_catalog.=) t.relid").format(
+            sql.Identifier(capture.SCHEMA, "truncates"), sql.Identifier(capture.SCHEMA, "tables"))).fetchall()
+        unknown = sorted(relid for relid, known in rows if not known)
+        if unknown:
+            self.source.execute(sql.SQL("DELETE FROM {} WHERE relid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[])")
+                                .format(sql.Identifier(capture.SCHEMA, "truncates")), (unknown,))
+            log.warning("TRUNCATE events for tables that are not captured (oid %s) dropped from %s.truncates; "
+                        "only the capture triggers write there: if this repeats, look for who else can",
+                        ", ".join(map(str, unknown)), capture.SCHEMA)
+        return {relid for relid, known in rows if known}
 
     def _pending(self) -> set[int]:
         relids = list(self.pairs)
@@ -195,14 +209,16 @@ class Applier:
         _plan_by_index(self.source, True)
         _plan_by_index(self.target, True)
         delta = sql.Identifier(capture.SCHEMA, capture.delta_name(src.relid))
-        keys = sql.SQL(", ").join(sql.Identifier(k) for k in src.key)
+        # The delta table holds the key in k1..kn, in the order of src.key (and of tgt.key: the same index).
+        keys = capture.delta_keys(src.key)
         # The batch's delta rows as one tid[] literal: no delta row passes through Python one by one.
         taken, tids = self.source.execute(sql.SQL(
             "SELECT count(*), array_agg(ctid)::text FROM (SELECT ctid FROM {} LIMIT {}) d").format(
             delta, sql.Literal(self.batch_size))).fetchone()
         if not taken:
             return 0, 0, False
-        batch = sql.SQL("SELECT {} FROM {} WHERE ctid = ANY({}::tid[])").format(keys, delta, sql.Literal(tids))
+        batch = sql.SQL("SELECT {} FROM {} WHERE ctid OPERATOR(pg_catalog.=) ANY({}::pg_catalog.tid[])").format(
+            keys, delta, sql.Literal(tids))
         keytab = self._temp_like(tgt, "k", tgt.key)
         # Each changed key once (a hot row changes many times per batch), straight into the target's key table.
         stream(self.source, self.target, sql.SQL("SELECT DISTINCT {} FROM ({}) b").format(keys, batch),
@@ -210,12 +226,13 @@ class Applier:
         self.target.execute(sql.SQL("DELETE FROM {} t USING {} k WHERE {}").format(
             _from(tgt), keytab, _join(tgt.key, "t", "k")))
         source_rows = sql.SQL("SELECT {} FROM {} WHERE ({}) IN ({})").format(
-            _cols(src.copy_columns), _from(src), keys, batch)
-        if tgt.other_unique:
+            _cols(src.copy_columns), _from(src), _cols(src.key), batch)
+        if tgt.other_unique or tgt.row_security:
             rows = self._insert_resolving_conflicts(pair, source_rows, keytab)
         else:
             rows = stream(self.source, self.target, source_rows, tgt.ident, src.copy_columns)
-        self.source.execute(sql.SQL("DELETE FROM {} WHERE ctid = ANY({}::tid[])").format(delta, sql.Literal(tids)))
+        self.source.execute(sql.SQL("DELETE FROM {} WHERE ctid OPERATOR(pg_catalog.=) ANY({}::pg_catalog.tid[])")
+                            .format(delta, sql.Literal(tids)))
         return taken, rows, taken >= self.batch_size
 
     def _temp_like(self, table: Table, kind: str, columns: tuple[str, ...]) -> sql.Identifier:
@@ -265,9 +282,7 @@ class Applier:
         _plan_by_index(self.source, False)
         _plan_by_index(self.target, False)
         delta = sql.Identifier(capture.SCHEMA, capture.delta_name(src.relid))
-        self.target.execute(sql.SQL("DELETE FROM {}").format(_from(tgt)))
-        rows = stream(self.source, self.target, sql.SQL("SELECT {} FROM {}").format(
-            _cols(src.copy_columns), _from(src)), tgt.ident, src.copy_columns)
+        rows = copy_table(self.source, self.target, src, tgt)
         # In this snapshot: exactly the events and deltas the copy covers; later ones stay.
         cur = self.source.execute(sql.SQL("DELETE FROM {}").format(delta))
         deltas = cur.rowcount
@@ -323,10 +338,20 @@ def stream(source: psycopg.Connection[Any], target: psycopg.Connection[Any], que
 
 
 def copy_table(source: psycopg.Connection[Any], target: psycopg.Connection[Any], src: Table, tgt: Table) -> int:
-    """Replace the target table's rows with the source's (keyless tables at cutover). Caller commits."""
+    """Replace the target table's rows with the source's (after a TRUNCATE, keyless tables at cutover).
+    Caller commits."""
     target.execute(sql.SQL("DELETE FROM {}").format(_from(tgt)))
-    return stream(source, target, sql.SQL("SELECT {} FROM {}").format(_cols(src.copy_columns), _from(src)),
-                  tgt.ident, src.copy_columns)
+    query = sql.SQL("SELECT {} FROM {}").format(_cols(src.copy_columns), _from(src))
+    if not tgt.row_security:
+        return stream(source, target, query, tgt.ident, src.copy_columns)
+    # COPY FROM is refused on a table with row level security: stage the rows, then INSERT them.
+    stage = sql.Identifier(f"ge_c_{tgt.relid}")
+    target.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+        stage, _cols(src.copy_columns), tgt.ident))
+    stream(source, target, query, stage, src.copy_columns)
+    cur = target.execute(sql.SQL("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {}").format(
+        tgt.ident, _cols(src.copy_columns), _cols(src.copy_columns), stage))
+    return cur.rowcount
 
 
 def _from(table: Table) -> sql.Composable:

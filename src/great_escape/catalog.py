@@ -31,6 +31,8 @@ class Table:
     columns: tuple[Column, ...]
     key: tuple[str, ...]  # primary key, else the narrowest unique index on NOT NULL columns; () if none
     other_unique: tuple[tuple[str, ...], ...]  # further unique indexes (conflicts across batches)
+    # Row level security enabled: COPY FROM is refused for users it applies to, rows go in by INSERT.
+    row_security: bool = False
 
     @property
     def qualname(self) -> str:
@@ -51,7 +53,7 @@ class Table:
 
 
 _TABLES = """
-SELECT c.oid::int8, n.nspname, c.relname, c.relkind = 'p'
+SELECT c.oid::int8, n.nspname, c.relname, c.relkind = 'p', c.relrowsecurity
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
@@ -101,11 +103,12 @@ def list_tables(conn: psycopg.Connection[Any], schemas: list[str] | None = None)
         for relid, primary, cols, not_null in cur.fetchall():
             uniques.setdefault(relid, []).append((primary, tuple(cols), not_null))
     tables = []
-    for relid, schema, name, partitioned in rels:
+    for relid, schema, name, partitioned, row_security in rels:
         candidates = uniques.get(relid, [])
         key = next((cols for primary, cols, not_null in candidates if primary or not_null), ())
         others = tuple(dict.fromkeys(cols for _, cols, _ in candidates if cols != key))
-        tables.append(Table(schema, name, relid, partitioned, tuple(columns.get(relid, ())), key, others))
+        tables.append(Table(schema, name, relid, partitioned, tuple(columns.get(relid, ())), key, others,
+                            row_security))
     return tables
 
 

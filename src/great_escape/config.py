@@ -9,6 +9,15 @@
     batch_size: 10000                # delta rows per table per batch
     poll_interval: 1.0               # seconds between polls when no NOTIFY arrives
     state_dir: /var/lib/great-escape/local-demo   # status file, pid file, log
+    replica_role_function:           # the target's rds_session_replication_role(text) (Aurora/RDS)
+      schema: public                 #   the only schema it is looked up in
+      owner: ge_master               #   the role that must own it (the master user)
+    role_map: {postgres: ge_master}  # source role -> target role where they differ (ge_role_map)
+
+Where the sync's user may SET session_replication_role itself, it does and no function is called. The
+function is only ever called on the target of the forward sync: the source side (reverse sync, rollback)
+never calls one (`replica_role_function: null` turns it off on the target too). Without `owner`, the
+function's owner must be a role that may SET session_replication_role itself, other than the sync user.
 
 Errors name the YAML path of the bad value, e.g. `target.port: expected an integer`.
 """
@@ -21,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from .db import CONNINFO_KEYS
+from .db import CONNINFO_KEYS, ReplicaRoleFunction
 from .errors import ConfigError
 
 KEYLESS_CHOICES = ("refuse", "copy_at_cutover")
@@ -38,10 +47,23 @@ class Config:
     batch_size: int = 10000
     poll_interval: float = 1.0
     state_dir: Path = Path("/var/lib/great-escape")
+    # The function on the target as written in the file (forward orientation).
+    replica_role_function: ReplicaRoleFunction | None = field(default_factory=ReplicaRoleFunction)
+    # Source role -> target role where they differ (ge_role_map): the cutover's check of the application's
+    # privileges compares through it, in both directions.
+    role_map: dict[str, str] = field(default_factory=dict)
+    # True once reversed(): `target` is then the original source.
+    reversed_sides: bool = False
 
     def reversed(self) -> Config:
         """The same migration with source and target swapped: the reverse sync after cutover."""
-        return replace(self, source=self.target, target=self.source)
+        return replace(self, source=self.target, target=self.source, reversed_sides=not self.reversed_sides)
+
+    @property
+    def target_replica_role_function(self) -> ReplicaRoleFunction | None:
+        """What db.set_replica_role may call on `target`: the configured function on the original target,
+        None on the original source (a function is never called there)."""
+        return None if self.reversed_sides else self.replica_role_function
 
 
 def load(path: str | Path, *, reverse: bool = False) -> Config:
@@ -64,7 +86,7 @@ def from_dict(raw: Any, origin: str = "configuration") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: expected a mapping at the top level")
     known = {"name", "source", "target", "schemas", "exclude_tables", "keyless_tables", "batch_size",
-             "poll_interval", "state_dir"}
+             "poll_interval", "state_dir", "replica_role_function", "role_map"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{origin}: unknown key(s) {unknown}; known keys are {sorted(known)}")
@@ -81,6 +103,8 @@ def from_dict(raw: Any, origin: str = "configuration") -> Config:
         batch_size=_typed(raw, "batch_size", int, origin, 10000),
         poll_interval=float(_typed(raw, "poll_interval", (int, float), origin, 1.0)),
         state_dir=Path(_typed(raw, "state_dir", str, origin, "/var/lib/great-escape")),
+        replica_role_function=_replica_role_function(raw, origin),
+        role_map=_str_map(raw, "role_map", origin),
     )
     if cfg.keyless_tables not in KEYLESS_CHOICES:
         raise ConfigError(f"{origin}: keyless_tables: expected one of {list(KEYLESS_CHOICES)}, "
@@ -98,11 +122,39 @@ def _typed(raw: dict[str, Any], key: str, typ: Any, origin: str, default: Any = 
     return value
 
 
+def _str_map(raw: dict[str, Any], key: str, origin: str) -> dict[str, str]:
+    value = raw.get(key) or {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ConfigError(f"{origin}: {key}: expected a mapping of role names to role names")
+    return dict(value)
+
+
 def _str_list(raw: dict[str, Any], key: str, origin: str) -> list[str]:
     value = raw.get(key) or []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{origin}: {key}: expected a list of strings")
     return value
+
+
+def _replica_role_function(raw: dict[str, Any], origin: str) -> ReplicaRoleFunction | None:
+    if "replica_role_function" not in raw:
+        return ReplicaRoleFunction()
+    value = raw["replica_role_function"]
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{origin}: replica_role_function: expected a mapping with schema and owner, or null")
+    unknown = sorted(set(value) - {"schema", "owner"})
+    if unknown:
+        raise ConfigError(f"{origin}: replica_role_function: unknown key(s) {unknown}; known keys are "
+                          "['owner', 'schema']")
+    schema = value.get("schema", "public")
+    owner = value.get("owner")
+    if not isinstance(schema, str) or not schema:
+        raise ConfigError(f"{origin}: replica_role_function.schema: expected a schema name, got {schema!r}")
+    if owner is not None and (not isinstance(owner, str) or not owner):
+        raise ConfigError(f"{origin}: replica_role_function.owner: expected a role name, got {owner!r}")
+    return ReplicaRoleFunction(schema=schema, owner=owner)
 
 
 def _endpoint(value: Any, side: str, origin: str) -> dict[str, Any]:

@@ -7,7 +7,10 @@ writes, with the write downtime measured.
 A switch goes from the live side ("from") to the other side ("to"): cutover source -> target, rollback
 target -> source. In order, each step only once the previous one succeeded:
 1. Refuse unless `from` is live (cutover twice, rollback without cutover): nothing is changed then.
-   Rollback also refuses while a value on the target does not fit the source's narrower column.
+   Rollback also refuses while a value on the target does not fit the source's narrower column. Both refuse
+   unless every application role (the named ones, else every role that writes the replicated tables) may do on
+   `to` what it may do on `from`: log in, use the schemas, SELECT/INSERT/UPDATE/DELETE/TRUNCATE the tables,
+   use the sequences, with row level security where `from` has it (privileges the switch gives back count).
 2. Capture on `to` for the replicated tables (the reverse capture on the target at cutover), BEFORE `to`
    takes any application write. The target's master cannot create event triggers: no freeze there.
 3. Stop writes on `from` (t0). `revoke`: the write privileges of the application roles on the replicated
@@ -20,7 +23,9 @@ target -> source. In order, each step only once the previous one succeeded:
    tables were compared by the verify phase while the sync ran, and the drain applied everything since.
    "full" compares every table again inside the window: exact, but the downtime grows with the database
    (minutes per 100 GB), so only for small databases.
-5. Record `to` as live, give back the writes revoked on `to` by an earlier switch (t1): downtime = t1 - t0.
+5. Give back the writes revoked on `to` by an earlier switch, prove the application roles' privileges in
+   place on `to` (has_table_privilege per role, table and privilege) and record `to` as live (t1):
+   downtime = t1 - t0, the time the application could write on neither side.
 6. Start the `to` -> `from` sync in the background (when the configuration file is known).
 
 Which side is live and what was revoked live in `great_escape.cutover_state` on the target (Aurora
@@ -36,6 +41,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -47,7 +53,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from . import apply, capture, catalog, daemon, db, sequences, state, status, verify
+from . import access, apply, capture, catalog, daemon, db, sequences, state, status, verify
 from . import config as configmod
 from .catalog import Table
 from .errors import GreatEscapeError, SyncError
@@ -60,7 +66,6 @@ STATUS_FILE = "cutover-status.json"
 WRITE_PRIVILEGES = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
 STOP_MODES = ("revoke", "wait")
 VERIFY_MODES = ("drained", "full", "none")
-TARGET_ADMIN_PASSWORD_ENV = "GE_TARGET_ADMIN_PASSWORD"
 
 
 
@@ -217,9 +222,11 @@ CROSS JOIN LATERAL pg_catalog.aclexplode(COALESCE(c.relacl, pg_catalog.acldefaul
 LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
 WHERE c.oid = ANY(%(relids)s::oid[]) AND a.privilege_type = ANY(%(privs)s)
   AND (a.grantee = 0 OR NOT r.rolsuper)
+  -- USAGE (inherits its privileges), not MEMBER: from PostgreSQL 16 the master user holds ADMIN OPTION, without
+  -- INHERIT or SET, on every role it created, and that must not hide the application's roles.
   AND (a.grantee = 0 OR NOT EXISTS (SELECT 1 FROM unnest(%(protected)s::text[]) p(name)
                                     JOIN pg_catalog.pg_roles pr ON pr.rolname = p.name
-                                    WHERE NOT pr.rolsuper AND pg_catalog.pg_has_role(pr.oid, a.grantee, 'MEMBER')))
+                                    WHERE NOT pr.rolsuper AND pg_catalog.pg_has_role(pr.oid, a.grantee, 'USAGE')))
   AND (%(roles)s::text[] IS NULL OR (CASE WHEN a.grantee = 0 THEN 'PUBLIC'
                                      ELSE pg_catalog.pg_get_userbyid(a.grantee) END) = ANY(%(roles)s))
 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
@@ -363,15 +370,14 @@ def terminate_sessions(
 # Transactions running now: the snapshot lists those below its xmax; those at or above it (started after
 # the latest commit) are not listed, so the range up to our own new xid is added. Our own one is excluded.
 _RUNNING_XIDS = """
-WITH s AS (SELECT pg_catalog.pg_current_snapshot() AS snap, pg_catalog.pg_current_xact_id() AS me),
-running AS (
-    SELECT x FROM s, pg_catalog.pg_snapshot_xip(s.snap) x
+WITH s AS (SELECT pg_catalog.txid_current_snapshot() AS snap, pg_catalog.txid_current() AS me),
+running AS (  -- txid_* (int8): PostgreSQL 12 has no pg_current_snapshot() and xid8
+    SELECT x FROM s, pg_catalog.txid_snapshot_xip(s.snap) x
     UNION
-    SELECT g::text::xid8 FROM s, pg_catalog.generate_series(pg_catalog.pg_snapshot_xmax(s.snap)::text::int8,
-                                                             s.me::text::int8 - 1) g
+    SELECT g FROM s, pg_catalog.generate_series(pg_catalog.txid_snapshot_xmax(s.snap), s.me - 1) g
 )
 SELECT x FROM running
-WHERE (x::text::int8 % 4294967296)::text::xid NOT IN (
+WHERE (x % 4294967296)::text::xid NOT IN (
     SELECT backend_xid FROM pg_catalog.pg_stat_activity
     WHERE backend_xid IS NOT NULL AND datname IS DISTINCT FROM pg_catalog.current_database())
 """
@@ -379,15 +385,15 @@ WHERE (x::text::int8 % 4294967296)::text::xid NOT IN (
 
 def wait_in_flight(conn: psycopg.Connection[Any], timeout: float) -> None:
     """Wait until every transaction running now has ended: one that wrote before the REVOKE could still
-    commit. Works without privileges (pg_xact_status). The snapshot covers the whole server: transactions
+    commit. Works without privileges (txid_status). The snapshot covers the whole server: transactions
     seen running in other databases are left out, those the user may not see are waited for."""
     xids = [r[0] for r in conn.execute(_RUNNING_XIDS).fetchall()]
     conn.rollback()
     deadline = time.monotonic() + timeout
     while xids:
         rows = conn.execute(
-            "SELECT x FROM unnest(%s::xid8[]) x WHERE pg_catalog.pg_xact_status(x) = 'in progress'",
-            ([str(x) for x in xids],),
+            "SELECT x FROM unnest(%s::int8[]) x WHERE pg_catalog.txid_status(x) = 'in progress'",
+            (xids,),
         ).fetchall()
         conn.rollback()
         xids = [r[0] for r in rows]
@@ -502,6 +508,13 @@ def switch(
             _refuse_unless_live(cfg.name, action, frm, current)  # before anything is created or changed
             f_tables, t_tables = _scope(fconn, cfg), _scope(tconn, cfg)
             replicated = _replicated(fconn, tconn, frm)
+            broken = capture.check_intact(fconn)
+            if broken:
+                raise CutoverError(
+                    f"{action} of {cfg.name} refused, nothing changed: capture on the {frm} is not whole, so "
+                    f"changes made there were not all recorded: {'; '.join(broken)}. Re-run the capture phase "
+                    "(it repairs them), let the sync catch up, verify, then run the switch again"
+                )
             narrowing = narrowing_columns(
                 t_tables if to == "target" else f_tables,
                 f_tables if to == "target" else t_tables,
@@ -531,6 +544,18 @@ def switch(
                         f"own users ({', '.join(_protected(sides, frm))}) and superusers. If the application "
                         "connects as one of those, stop it and use stop_writes=wait"
                     )
+            writers = stops if opts.stop_writes == "revoke" else plan_write_stop(
+                fconn, f_tables, _protected(sides, frm), None)
+            need = _application_access(cfg, fconn, f_tables, replicated, opts, writers, current, frm)
+            missing = access.missing_access(tconn, need, current["write_stops"].get(to, []))
+            if missing:
+                raise CutoverError(
+                    f"{action} of {cfg.name} refused, nothing changed: the application could not work on the {to} "
+                    f"({_where(sides.admin[to])}): {'; '.join(missing[:20])}"
+                    f"{f' (and {len(missing) - 20} more)' if len(missing) > 20 else ''}. Run the restore phase "
+                    "again (playbooks/06_restore.yml carries roles and privileges over), or grant them there, "
+                    f"then run the {action} again"
+                )
 
         _ensure_state_table(st)
         # The reverse sync records progress on the source: create its schema now, past the schema freeze.
@@ -576,7 +601,8 @@ def switch(
                 sw.sequences_set = len(plan.steps)
             if cfg.keyless_tables == "copy_at_cutover":
                 with step("keyless tables"):
-                    sw.keyless_copied = _copy_keyless(sides, frm, to, f_tables)
+                    sw.keyless_copied = _copy_keyless(
+                        sides, frm, to, f_tables, cfg.target_replica_role_function if to == "target" else None)
             if opts.verify == "drained":
                 with step("verify drained"):
                     sw.tables_verified = assert_drained(fconn, action)
@@ -595,18 +621,27 @@ def switch(
                     )
                     sw.tables_verified = len(report.tables)
                     report.raise_on_mismatch()
+            with step("allow writes on " + to):
+                # The downtime ends when the application roles' privileges are proven in place on `to`.
+                back = current["write_stops"].get(to, [])
+                if back:
+                    grant_writes(tconn, back)
+                missing = access.missing_access(tconn, need)
+                if missing:
+                    if back:
+                        revoke_writes(tconn, back)
+                    raise CutoverError(
+                        f"{action} of {cfg.name} stopped: the application lost privileges on the {to} during the "
+                        f"switch ({'; '.join(missing[:10])}); writes on the {frm} were given back"
+                    )
+                _write_state(st, cfg.name, live=to)
         except BaseException as exc:
             _undo_stop(st, fconn, cfg.name, frm, opts, sw, exc)
             raise
-
-        with step("allow writes on " + to):
-            _write_state(st, cfg.name, live=to)
-            back = current["write_stops"].get(to, [])
-            if back:
-                grant_writes(tconn, back)
-                _write_state(st, cfg.name, side=to, stops=[])
         sw.downtime_seconds = round(time.monotonic() - stopped_at, 3)
         sw.writes_accepted_at = _now()
+        if back:
+            _write_state(st, cfg.name, side=to, stops=[])
 
     if opts.start_sync and config_path:
         back_direction = "reverse" if direction == "forward" else "forward"
@@ -622,6 +657,32 @@ def switch(
         path,
     )
     return sw
+
+
+def _application_access(
+    cfg: configmod.Config,
+    fconn: psycopg.Connection[Any],
+    f_tables: list[Table],
+    replicated: set[str],
+    opts: Options,
+    writers: list[dict[str, Any]],
+    current: dict[str, Any],
+    frm: str,
+) -> access.WriteCheck:
+    """What the application roles (the named ones, else every role that writes the replicated tables) may do
+    on the live side, privileges revoked by an unfinished switch included, with role names as on the other
+    side (ge_role_map forward, its inverse back)."""
+    roles = opts.application_roles or sorted({e["grantee"] for e in writers} - {"PUBLIC"})
+    tables = sorted((t.schema, t.name) for t in f_tables
+                    if t.qualname in replicated or (not t.key and cfg.keyless_tables == "copy_at_cutover"))
+    role_map = cfg.role_map if frm == "source" else _inverse(cfg.role_map)
+    return access.required_access(fconn, roles, tables, current["write_stops"].get(frm, []), role_map)
+
+
+def _inverse(role_map: Mapping[str, str]) -> dict[str, str]:
+    """Target role -> source role, for the roles the map renames (merged roles have no single way back)."""
+    targets = list(role_map.values())
+    return {t: s for s, t in role_map.items() if targets.count(t) == 1}
 
 
 def assert_drained(conn: psycopg.Connection[Any], action: str) -> int:
@@ -687,16 +748,7 @@ def _ensure_capture(
     sync_user = str(sides.sync[side]["user"])
     if sync_user != conn.info.user:
         with conn.transaction():
-            conn.execute(
-                sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
-                    sql.Identifier(capture.SCHEMA), sql.Identifier(sync_user)
-                )
-            )
-            conn.execute(
-                sql.SQL("GRANT SELECT, DELETE ON ALL TABLES IN SCHEMA {} TO {}").format(
-                    sql.Identifier(capture.SCHEMA), sql.Identifier(sync_user)
-                )
-            )
+            capture.grant_sync(conn, sync_user)
     return [t.qualname for t in p.install]
 
 
@@ -711,7 +763,9 @@ def _drain(dcfg: configmod.Config, direction: str) -> int:
         raise SyncError(f"{exc}; values that do not fit: {'; '.join(detail) or 'not found'}") from exc
 
 
-def _copy_keyless(sides: Sides, frm: str, to: str, f_tables: list[Table]) -> dict[str, int]:
+def _copy_keyless(sides: Sides, frm: str, to: str, f_tables: list[Table],
+                  function: db.ReplicaRoleFunction | None) -> dict[str, int]:
+    """Copy the keyless tables whole into `to`; `function` only on the target (never one on the source)."""
     keyless = [t for t in f_tables if not t.key]
     if not keyless:
         return {}
@@ -720,7 +774,7 @@ def _copy_keyless(sides: Sides, frm: str, to: str, f_tables: list[Table]) -> dic
         db.connect(sides.admin[frm], "cutover keyless") as src,
         db.connect(sides.sync[to], "cutover keyless") as dst,
     ):
-        db.set_replica_role(dst)
+        db.set_replica_role(dst, function)
         t_tables = {t.qualname: t for t in catalog.list_tables(dst)}
         with dst.transaction():
             for t in keyless:
@@ -789,8 +843,14 @@ def add_parser(sub: Any) -> None:
         p.add_argument("--config", required=True)
         p.add_argument(
             "--target-admin-user",
-            help="the target's master user (owns the tables); password from "
-            f"${TARGET_ADMIN_PASSWORD_ENV} or the password file",
+            help="the target's master user (owns the tables); password from --target-admin-password-file "
+            "or the configuration's password file",
+        )
+        p.add_argument(
+            "--target-admin-password-file",
+            metavar="FILE",
+            help="file holding the master user's password on its first line, readable by its owner only "
+            "(mode 0600); - reads it from standard input. Never pass a password on the command line",
         )
         p.add_argument("--stop-writes", choices=STOP_MODES, default="revoke")
         p.add_argument(
@@ -819,14 +879,42 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=_status_main)
 
 
-def target_admin_params(cfg: configmod.Config, user: str | None) -> dict[str, Any] | None:
+def target_admin_params(
+    cfg: configmod.Config, user: str | None, password_file: str | None = None
+) -> dict[str, Any] | None:
+    """libpq parameters of the target's master: the target's, as `user`, with the password read from
+    `password_file` ("-": standard input) or else from the configuration's password file (passfile).
+
+    The password never comes from the command line, and never stays in this process's environment, which the
+    sync started after the switch would inherit."""
     if not user:
         return None
     params = {**cfg.target, "user": user}
     params.pop("password", None)
-    if os.environ.get(TARGET_ADMIN_PASSWORD_ENV):
-        params["password"] = os.environ[TARGET_ADMIN_PASSWORD_ENV]
+    if password_file:
+        params["password"] = _read_password(password_file)
     return params
+
+
+def _read_password(path: str) -> str:
+    if path == "-":
+        text = sys.stdin.readline()
+    else:
+        try:
+            mode = os.stat(path).st_mode
+            if mode & 0o077:
+                raise CutoverError(
+                    f"the password file {path} may be read by others (mode {oct(mode & 0o777)}); "
+                    f"chmod 600 {path}"
+                )
+            with open(path, encoding="utf-8") as f:
+                text = f.readline()
+        except OSError as exc:
+            raise CutoverError(f"cannot read the password file {path}: {exc.strerror}") from exc
+    password = text.rstrip("\r\n")
+    if not password:
+        raise CutoverError(f"the password file {path if path != '-' else '(standard input)'} is empty")
+    return password
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -843,7 +931,7 @@ def _main(args: argparse.Namespace) -> int:
     sw = switch(
         cfg,
         args.action,
-        target_admin=target_admin_params(cfg, args.target_admin_user),
+        target_admin=target_admin_params(cfg, args.target_admin_user, args.target_admin_password_file),
         options=opts,
         config_path=args.config,
     )

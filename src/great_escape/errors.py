@@ -38,6 +38,14 @@ class KeylessTableError(PreflightError):
         self.tables = tables
 
 
+class AccessError(GreatEscapeError):
+    """Roles or privileges cannot be carried over to the other side; `problems` names each and its fix."""
+
+    def __init__(self, message: str, problems: list[str]):
+        super().__init__(message + ": " + "; ".join(problems))
+        self.problems = problems
+
+
 class CaptureError(GreatEscapeError):
     """Installing or removing change capture failed."""
 

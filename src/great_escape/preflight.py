@@ -17,10 +17,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from . import catalog, db, state
+from . import access, catalog, db, state
 from .errors import ConnectError, PreflightError
 
-MIN_SOURCE_VERSION = 110000  # trigger capture uses features of PostgreSQL 11 (partitioned tables with keys)
+# Capture and cutover use pg_partition_tree() (12+); 12, 13, 14 -> 15, 16 are measured (tests/crossversion).
+MIN_SOURCE_VERSION = 120000
+MIN_AURORA_TARGET_VERSION = 130000  # the oldest major Aurora PostgreSQL still runs
+# source -> target majors migrated end to end by the tests (tests/crossversion, and 15 -> 15 by the rest).
+MEASURED_PAIRS = ((12, 15), (12, 16), (13, 15), (13, 16), (14, 15), (14, 16), (15, 15))
 KEYLESS_CHOICES = ("refuse", "copy_at_cutover")
 # Extensions that come with every server and need no check on the target.
 BUILTIN_EXTENSIONS = ("plpgsql",)
@@ -68,6 +72,8 @@ class Inputs:
     replication_dir: str = ""
     replication_dir_free_bytes: int | None = None
     assumptions: Assumptions = field(default_factory=Assumptions)
+    role_map: dict[str, str] = field(default_factory=dict)  # ge_role_map
+    application_roles: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -114,7 +120,10 @@ def run(inputs: Inputs) -> Report:
             _check_target(target, inputs, tables if source is not None else None, report)
         if target is not None and inputs.replication_user:
             _check_replication_login(target, inputs, report)
+        if source is not None and target is not None:
+            _check_roles(source, target, inputs, report)
         _check_clients(inputs, report)
+        _check_versions(source, target, tables, report)
         if source is not None:
             _check_disk(inputs, report)
             _estimate(inputs.assumptions, report)
@@ -229,7 +238,8 @@ def _check_source(conn: psycopg.Connection[Any], inputs: Inputs, report: Report)
     report.facts.update(source_version=version, source_version_num=version_num,
                         source_superuser=bool(superuser))
     if version_num < MIN_SOURCE_VERSION:
-        report.problems.append(f"{where}: PostgreSQL {version} is too old; great-escape needs 11 or newer. "
+        report.problems.append(f"{where}: PostgreSQL {version} is too old; great-escape needs "
+                               f"{MIN_SOURCE_VERSION // 10000} or newer (capture uses pg_partition_tree). "
                                "Upgrade the source in place first")
     if in_recovery:
         report.problems.append(f"{where}: the server is a standby (in recovery); capture triggers can "
@@ -265,10 +275,7 @@ def _check_source(conn: psycopg.Connection[Any], inputs: Inputs, report: Report)
                            "SELECT count(*) FROM pg_catalog.pg_largeobject_metadata")
     report.facts["large_objects"] = large_objects
     if large_objects:
-        report.problems.append(
-            f"{where}: the database holds {large_objects} large object(s) (pg_largeobject); trigger capture "
-            "cannot see changes to them. Move them into bytea columns, or migrate them separately at cutover"
-        )
+        report.problems.append(_large_objects_problem(conn, where, large_objects, tables))
     report.facts["source_locale"] = _check(report, "the database locale", where,
                                            lambda: list(conn.execute(_DATABASE_LOCALE).fetchone() or []))
     report.facts["source_collations"] = _check(report, "column collations", where, lambda: dict(conn.execute(
@@ -418,6 +425,26 @@ def _tables_with_data(conn: psycopg.Connection[Any], tables: list[catalog.Table]
     return found
 
 
+def _check_roles(source: psycopg.Connection[Any], target: psycopg.Connection[Any], inputs: Inputs,
+                 report: Report) -> None:
+    """Every role the application's objects depend on: on the target already, or created by prepare-target."""
+    opts = access.Options(role_map=inputs.role_map, application_roles=tuple(inputs.application_roles),
+                          project_roles=tuple(r for r in (inputs.target.get("user"), inputs.replication_user) if r),
+                          schemas=tuple(inputs.schemas or ()), objects=False)
+    plan = _check(report, "the roles the application depends on", f"source {db.describe(inputs.source)}",
+                  access.plan, source, target, opts)
+    if plan is None:
+        return
+    report.problems += plan.problems
+    report.warnings += plan.warnings
+    report.facts.update(roles_to_create=plan.roles_created, roles_on_target=plan.roles_existing,
+                        passwords_needed=plan.passwords_needed)
+    if plan.passwords_needed:
+        report.warnings.append(
+            f"login role(s) {', '.join(plan.passwords_needed)} will be created on the target without a password: "
+            "the source user may not read pg_authid. Set them on the target (ALTER ROLE ... PASSWORD) before cutover")
+
+
 def _check_replication_login(target: psycopg.Connection[Any], inputs: Inputs, report: Report) -> None:
     if not report.facts.get("replication_user_exists"):
         report.warnings.append(f"the replication user {inputs.replication_user} does not exist on the "
@@ -543,3 +570,111 @@ def _estimate(a: Assumptions, report: Report) -> None:
     ]
     total = sum(e["seconds"] for e in report.estimates if e["seconds"] is not None)
     report.estimates.append({"phase": "total", "seconds": total, "basis": "before cutover"})
+
+
+# --- large objects --------------------------------------------------------------------------------------
+
+# Columns that can hold large object references: type oid or the lo extension's domain, in migrated tables.
+_LO_COLUMNS = """
+SELECT pg_catalog.format('%%I.%%I.%%I', n.nspname, c.relname, a.attname)
+FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+WHERE a.attrelid = ANY(%s::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
+  AND (a.atttypid = 'pg_catalog.oid'::pg_catalog.regtype OR (t.typname = 'lo' AND t.typtype = 'd'))
+ORDER BY 1
+"""
+
+
+def _large_objects_problem(conn: psycopg.Connection[Any], where: str, count: int,
+                           tables: list[catalog.Table]) -> str:
+    """Large objects are refused: no trigger sees lo_write/lo_unlink, so changes after the dump would be lost.
+    The message names how many, the columns that probably reference them, and the two ways out."""
+    try:
+        columns = [r[0] for r in conn.execute(_LO_COLUMNS, ([t.relid for t in tables],))]
+    except psycopg.Error:
+        columns = []
+    refs = f" (referenced from oid column(s) such as {_names(columns)})" if columns else ""
+    return (f"{where}: the database holds {count} large object(s) in pg_largeobject{refs}; great-escape does not "
+            "migrate them: no trigger sees lo_write() or lo_unlink(), so a change after the dump would be lost. "
+            "Move them into bytea columns (add a bytea column, fill it with lo_get(<oid column>), then "
+            "lo_unlink() each large object), or, if they never change during the migration, "
+            "copy them yourself after cutover (pg_dump --large-objects --data-only) and remove them from the "
+            "source before this migration")
+
+
+# --- versions ---------------------------------------------------------------------------------------------
+
+# What a source older than the target carries over that the target does not accept or treats differently.
+_ATTRIBUTE_OPTIONS = """
+SELECT DISTINCT split_part(o, '=', 1), pg_catalog.format('%%I.%%I.%%I', n.nspname, c.relname, a.attname)
+FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL unnest(a.attoptions) o
+WHERE a.attrelid = ANY(%s::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
+  AND split_part(o, '=', 1) NOT IN ('n_distinct', 'n_distinct_inherited')
+ORDER BY 1, 2
+"""
+
+_PUBLIC_MAY_CREATE = """
+SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace s,
+                          pg_catalog.aclexplode(COALESCE(s.nspacl, pg_catalog.acldefault('n', s.nspowner))) a
+               WHERE s.nspname = 'public' AND a.grantee = 0 AND a.privilege_type = 'CREATE')
+"""
+
+_AURORA_LIKE = "SELECT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'rds_superuser')"
+
+
+def version_pair_findings(source_num: int | None, target_num: int | None,
+                          aurora_like: bool) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of a source/target pair of server_version_num values (120022, 160002).
+    A target older than the source is _check_target's, a pg_dump older than either server _check_clients'."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    if target_num and aurora_like and target_num < MIN_AURORA_TARGET_VERSION:
+        problems.append(f"the target runs PostgreSQL {target_num // 10000}; Aurora PostgreSQL runs "
+                        f"{MIN_AURORA_TARGET_VERSION // 10000} and newer: create the target with a supported "
+                        "engine version (the same major as the source or newer)")
+    if source_num and target_num and source_num // 10000 <= target_num // 10000:
+        pair = (source_num // 10000, target_num // 10000)
+        if pair not in MEASURED_PAIRS:
+            measured = ", ".join(f"{s} -> {t}" for s, t in MEASURED_PAIRS)
+            warnings.append(f"PostgreSQL {pair[0]} -> {pair[1]} is not among the pairs the tests migrate end to end "
+                            f"({measured}): rehearse the migration on a copy first")
+    return problems, warnings
+
+
+def _check_versions(source: psycopg.Connection[Any] | None, target: psycopg.Connection[Any] | None,
+                    tables: list[catalog.Table], report: Report) -> None:
+    """Unsupported version pairs, and what differs between the two majors that the migration carries over."""
+    source_num, target_num = report.facts.get("source_version_num"), report.facts.get("target_version_num")
+    aurora_like = bool(target is not None and _check(report, "the target kind", "target", _one, target, _AURORA_LIKE))
+    report.facts["target_aurora_like"] = aurora_like
+    problems, warnings = version_pair_findings(source_num, target_num, aurora_like)
+    report.problems += problems
+    report.warnings += warnings
+    if source is None or target is None or not source_num or not target_num:
+        return
+    # A release of another major (or an older one of the same) may not know an option the source's sets.
+    if source_num // 10000 != target_num // 10000 or target_num < source_num:
+        options = _check(report, "column attribute options", "source", lambda: source.execute(
+            _ATTRIBUTE_OPTIONS, ([t.relid for t in tables],)).fetchall()) or []
+        by_option: dict[str, list[str]] = {}
+        for option, column in options:
+            by_option.setdefault(option, []).append(column)
+        for option, columns in by_option.items():
+            report.warnings.append(
+                f"source: {len(columns)} column(s) carry the attribute option {option} ({_names(columns)}), which "
+                f"pg_dump restores verbatim (ALTER TABLE ... ALTER COLUMN ... SET ({option}=...)); a target release "
+                "that does not know it stops the pre-data restore with 'unrecognized parameter'. Use a target "
+                "release at least as recent as the source's, or reset the option on the source")
+    if source_num < 150000 <= target_num:
+        src_create = _check(report, "schema public privileges", "source", _one, source, _PUBLIC_MAY_CREATE)
+        tgt_create = _check(report, "schema public privileges", "target", _one, target, _PUBLIC_MAY_CREATE)
+        if src_create and not tgt_create:
+            report.warnings.append(
+                f"PUBLIC may CREATE in schema public on the source (the default before PostgreSQL 15) but not on "
+                f"the target ({target_num // 10000}); the restore does not copy privileges. If application roles "
+                "create objects there, grant it on the target (GRANT CREATE ON SCHEMA public TO <role>)")

@@ -26,10 +26,9 @@ from psycopg import sql
 
 from . import bigint, db, progress
 from .capture import FREEZE_TRIGGERS
+from .capture import TRIGGERS as CAPTURE_TRIGGERS
 from .catalog import PROJECT_SCHEMAS, SYSTEM_SCHEMAS, list_tables
 from .errors import ConfigError, GreatEscapeError, RestoreError
-
-CAPTURE_TRIGGER_PREFIX = "ge_capture"
 
 # TOC descriptions of more than one word (pg_dump's te->desc); the longest match wins.
 _MULTIWORD_DESCS = sorted((
@@ -73,14 +72,14 @@ def is_project_object(entry: TocEntry) -> bool:
         return True
     if entry.desc == "SCHEMA" and entry.tag in PROJECT_SCHEMAS:
         return True
-    if entry.desc == "TRIGGER" and entry.tag.rsplit(" ", 1)[-1].startswith(CAPTURE_TRIGGER_PREFIX):
+    if entry.desc == "TRIGGER" and entry.tag.rsplit(" ", 1)[-1] in CAPTURE_TRIGGERS:
         return True
     if entry.desc == "EVENT TRIGGER" and entry.tag in FREEZE_TRIGGERS:
         return True
     if entry.desc in _LABELS:
         return (entry.tag in {f"SCHEMA {s}" for s in PROJECT_SCHEMAS}
                 or entry.tag in {f"EVENT TRIGGER {t}" for t in FREEZE_TRIGGERS}
-                or entry.tag.startswith(f"TRIGGER {CAPTURE_TRIGGER_PREFIX}"))
+                or any(entry.tag.startswith(f"TRIGGER {t} ") for t in CAPTURE_TRIGGERS))
     return False
 
 
@@ -94,6 +93,9 @@ def filter_toc(lines: Iterable[str]) -> tuple[list[str], list[str]]:
         if entry is not None and is_project_object(entry):
             dropped.append(entry.line)
             out.append(f";great-escape dropped: {entry.line}")
+        elif entry is not None and entry.desc == "POLICY":
+            # Policies name roles, which ge_role_map may rename: the access step creates them (access.py).
+            out.append(f";great-escape left to the access step: {entry.line}")
         else:
             out.append(line.rstrip("\n"))
     return out, dropped

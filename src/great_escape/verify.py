@@ -34,8 +34,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.string import StrDumperUnknown
 
+from . import capture, db
 from . import config as configmod
-from . import db
 from .catalog import Table, list_tables
 from .errors import GreatEscapeError, VerifyMismatch
 
@@ -106,10 +106,12 @@ class TableResult:
 class VerifyReport:
     tables: list[TableResult]
     seconds: float
+    # Capture triggers missing or disabled on either side: changes made now would never be synced.
+    capture_problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return all(t.ok for t in self.tables)
+        return all(t.ok for t in self.tables) and not self.capture_problems
 
     @property
     def mismatched(self) -> list[TableResult]:
@@ -120,10 +122,10 @@ class VerifyReport:
 
     def raise_on_mismatch(self) -> None:
         bad = self.mismatched
-        if bad:
+        if bad or self.capture_problems:
             raise VerifyMismatch(
                 f"verify found differences in {len(bad)} of {len(self.tables)} table(s): "
-                + "; ".join(f"{t.table} ({t.status}: {t.summary()})" for t in bad),
+                + "; ".join([f"{t.table} ({t.status}: {t.summary()})" for t in bad] + self.capture_problems),
                 [asdict(t) for t in bad],
             )
 
@@ -422,7 +424,9 @@ def verify(
         for check in live:
             if check.pending:
                 _guard(check, source, target, check.drill, opts)
-    return VerifyReport([c.result for c in checks], time.monotonic() - started)
+        broken = [f"{side}: {line}" for side, conn in (("source", source), ("target", target))
+                  for line in capture.check_intact(conn)]
+    return VerifyReport([c.result for c in checks], time.monotonic() - started, broken)
 
 
 def _guard(check: _TableCheck, source: psycopg.Connection[Any], target: psycopg.Connection[Any],

@@ -9,8 +9,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from great_escape import capture, config
-from tests.conftest import DbPair
+from great_escape import access, capture, config
+from great_escape.localcluster import MASTER_USER
+from tests.conftest import REPL_USER, DbPair
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -29,6 +30,17 @@ def setup_schema(pair: DbPair, source_ddl: str, target_ddl: str | None = None) -
     pair.grant_repl()
     pair.sql_target(sql.SQL("GRANT CREATE ON DATABASE {} TO ge_repl").format(
         sql.Identifier(pair.target["dbname"])).as_string(None))
+
+
+def carry_access(pair: DbPair, application_roles: tuple[str, ...] = ()) -> access.Plan:
+    """What the migration does for the application's roles and privileges on the target (prepare-target and
+    restore phases): the tests never grant the application anything on the target by hand."""
+    opts = access.Options(role_map={"postgres": MASTER_USER}, application_roles=application_roles,
+                          project_roles=(MASTER_USER, REPL_USER), sync_user=REPL_USER)
+    with psycopg.connect(**pair.source) as src, psycopg.connect(**pair.target) as tgt:
+        plan = access.plan(src, tgt, opts)
+        access.apply(tgt, plan)
+    return plan
 
 
 def install_capture(cfg: config.Config) -> capture.Plan:

@@ -12,31 +12,36 @@ import pytest
 import yaml
 from psycopg import sql
 
-from great_escape import capture, cutover, daemon, ranges
+from great_escape import capture, cutover, daemon, ranges, verify
 from great_escape.errors import SyncError
 from tests.conftest import DbPair
-from tests.integration.syncutil import install_capture, make_config, setup_schema, snapshot_copy, table_rows
+from tests.integration.syncutil import (
+    carry_access,
+    install_capture,
+    make_config,
+    setup_schema,
+    snapshot_copy,
+    table_rows,
+)
 from tests.integration.workload import SEED, SOURCE_DDL, TARGET_EXTRA, Writers, _one
 
 MASTER = {"user": "ge_master"}
 
 
 def _app_role(pair: DbPair) -> str:
-    """An application login role on both clusters with the usual grants (roles are cluster-wide)."""
+    """An application login role on the source with the usual grants; the migration carries it over."""
     role = f"app_{pair.source['dbname']}"
-    for run in (pair.sql_source, pair.sql_target):
-        run(
-            sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'app-secret'").format(sql.Identifier(role)).as_string(None)
+    pair.sql_source(
+        sql.SQL(
+            "CREATE ROLE {r} LOGIN PASSWORD 'app-secret'; "
+            'GRANT USAGE ON SCHEMA public, "Sales Dept" TO {r}; '
+            'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public, "Sales Dept" TO {r}; '
+            'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public, "Sales Dept" TO {r}'
         )
-        run(
-            sql.SQL(
-                'GRANT USAGE ON SCHEMA public, "Sales Dept" TO {r}; '
-                'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public, "Sales Dept" TO {r}; '
-                'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public, "Sales Dept" TO {r}'
-            )
-            .format(r=sql.Identifier(role))
-            .as_string(None)
-        )
+        .format(r=sql.Identifier(role))
+        .as_string(None)
+    )
+    carry_access(pair, (role,))
     return role
 
 
@@ -237,6 +242,35 @@ def test_cutover_twice_and_rollback_without_cutover_are_refused_changing_nothing
         daemon.SyncProcess(cfg, direction="forward").run(drain=True)
 
 
+def test_cutover_refuses_when_the_application_lacks_a_privilege_on_the_target(dbpair, tmp_path, stop_daemons):
+    cfg, role, conf = _prepare(dbpair, tmp_path)
+    stop_daemons(cfg)
+    dbpair.sql_target(sql.SQL("REVOKE UPDATE ON public.notes FROM {r}; ALTER ROLE {r} NOLOGIN").format(
+        r=sql.Identifier(role)).as_string(None))
+    before = _privileges(dbpair)
+    with pytest.raises(cutover.CutoverError) as refused:
+        cutover.switch(cfg, "cutover", target_admin={**dbpair.target}, config_path=conf)
+    message = str(refused.value)
+    assert "cutover of" in message and "refused, nothing changed: the application could not work on the target" \
+        in message
+    assert f'role {role} may UPDATE on table "public"."notes" on the live side but not here' in message
+    assert f"role {role} can log in on the live side but not here (NOLOGIN)" in message
+    assert "06_restore.yml" in message
+    assert _privileges(dbpair) == before and _can_write(dbpair.source, role)
+    assert capture.registered(psycopg.connect(**dbpair.target)) == {}
+    assert not (tmp_path / cutover.STATUS_FILE).exists()
+    # wait mode (the operator stopped the application) checks the same before anything happens.
+    with pytest.raises(cutover.CutoverError, match="could not work on the target"):
+        cutover.switch(cfg, "cutover", target_admin={**dbpair.target}, config_path=conf,
+                       options=cutover.Options(stop_writes="wait", application_roles=[role]))
+    assert _privileges(dbpair) == before
+
+    carry_access(dbpair, (role,))  # what re-running the restore phase does
+    dbpair.sql_target(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(role)).as_string(None))
+    sw = cutover.switch(cfg, "cutover", target_admin={**dbpair.target}, config_path=conf)
+    assert sw.to_side == "target" and _can_write(dbpair.target, role, "public.notes")
+
+
 def test_bigint_value_on_the_target_stops_the_way_back_naming_table_column_and_key(
     dbpair, tmp_path, stop_daemons
 ):
@@ -349,6 +383,7 @@ def test_keyless_table_is_copied_whole_at_cutover(dbpair, tmp_path, stop_daemons
                       "INSERT INTO audit_log SELECT g, 'before' FROM generate_series(1, 30) g")
     role = f"app_{dbpair.source['dbname']}"  # the application, whose writes the cutover stops
     dbpair.sql_source(f"CREATE ROLE {role} LOGIN; GRANT INSERT, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+    carry_access(dbpair, (role,))
     cfg = make_config(dbpair, tmp_path, keyless_tables="copy_at_cutover")
     stop_daemons(cfg)
     install_capture(cfg)
@@ -360,3 +395,16 @@ def test_keyless_table_is_copied_whole_at_cutover(dbpair, tmp_path, stop_daemons
     sw = cutover.switch(cfg, "cutover", target_admin={**dbpair.target}, options=cutover.Options(start_sync=False))
     assert sw.keyless_copied == {"public.audit_log": 22}
     assert table_rows(dbpair.target) == table_rows(dbpair.source)
+
+
+def test_a_disabled_capture_trigger_stops_verify_and_the_cutover(dbpair, tmp_path, stop_daemons):
+    cfg, _, conf = _prepare(dbpair, tmp_path)
+    stop_daemons(cfg)
+    dbpair.sql_source("ALTER TABLE customers DISABLE TRIGGER ge_capture_row")  # the table owner can
+    report = verify.verify(dbpair.source, dbpair.target, options=verify.VerifyOptions(recheck=0))
+    assert not report.ok and any(p.startswith("source: ") and "public.customers" in p
+                                 for p in report.capture_problems)
+    before = _privileges(dbpair)
+    with pytest.raises(cutover.CutoverError, match="refused, nothing changed: capture on the source is not whole"):
+        cutover.switch(cfg, "cutover", target_admin={**dbpair.target}, config_path=conf)
+    assert _privileges(dbpair) == before and not (tmp_path / cutover.STATUS_FILE).exists()

@@ -35,11 +35,13 @@ PlaybookRunner = Callable[..., subprocess.CompletedProcess[str]]
 
 @pytest.fixture
 def run_playbook(inventory: Path) -> PlaybookRunner:
-    """run_playbook('playbooks/04_dump.yml', extra={'k': 'v'}, check=True) -> CompletedProcess."""
+    """run_playbook('playbooks/04_dump.yml', extra={'k': 'v'}, check=True, args=('--check',)) -> CompletedProcess;
+    `check` asks for a zero exit status, `args` go to ansible-playbook."""
 
     def run(playbook: str, extra: dict[str, Any] | None = None, check: bool = True,
-            inventory_path: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-        cmd = [bench_common.ANSIBLE_PLAYBOOK, "-i", str(inventory_path or inventory), str(ROOT / playbook)]
+            inventory_path: Path | None = None, timeout: int = 900,
+            args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+        cmd = [bench_common.ANSIBLE_PLAYBOOK, "-i", str(inventory_path or inventory), str(ROOT / playbook), *args]
         if extra:
             cmd += ["-e", json.dumps(extra)]
         proc = subprocess.run(cmd, cwd=ROOT, env=bench_common.playbook_env(), text=True, capture_output=True,

@@ -10,7 +10,14 @@ import yaml
 from psycopg import sql
 
 from great_escape import capture, daemon
-from tests.integration.syncutil import install_capture, make_config, setup_schema, snapshot_copy, table_rows
+from tests.integration.syncutil import (
+    carry_access,
+    install_capture,
+    make_config,
+    setup_schema,
+    snapshot_copy,
+    table_rows,
+)
 
 DDL = "CREATE TABLE accounts (id int PRIMARY KEY, balance int); CREATE TABLE ledger (id serial PRIMARY KEY, n int)"
 
@@ -21,10 +28,10 @@ def _prepare(dbpair, inventory: Path):
     state_dir.mkdir(parents=True, exist_ok=True)
     setup_schema(dbpair, DDL)
     role = f"app_{dbpair.source['dbname']}"
-    for run in (dbpair.sql_source, dbpair.sql_target):
-        run(sql.SQL("CREATE ROLE {r} LOGIN; GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public "
-                    "TO {r}; GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {r}").format(
-            r=sql.Identifier(role)).as_string(None))
+    dbpair.sql_source(sql.SQL("CREATE ROLE {r} LOGIN; GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "
+                              "public TO {r}; GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {r}").format(
+        r=sql.Identifier(role)).as_string(None))
+    carry_access(dbpair, (role,))  # what the prepare-target and restore phases do
     dbpair.sql_source("INSERT INTO accounts SELECT g, g FROM generate_series(1, 50) g; "
                       "INSERT INTO ledger (n) SELECT g FROM generate_series(1, 20) g")
     cfg = make_config(dbpair, state_dir, name=settings["ge_migration_name"])

@@ -64,3 +64,25 @@ def test_prepare_target_is_complete_hardened_and_idempotent(dbpair, repl_user, r
     repaired = run_playbook(PLAYBOOK, extra=extra)
     assert changed(repaired.stdout) == 1
     assert dbpair.sql_target(f"SELECT has_function_privilege('public', '{FUNCTION}', 'EXECUTE')") == [(False,)]
+
+
+def test_preflight_lists_and_prepare_target_creates_the_application_roles(dbpair, run_playbook):
+    db = dbpair.source["dbname"]
+    app, owner = f"{db}_app", f"{db}_owner"
+    dbpair.sql_source(sql.SQL(
+        "CREATE ROLE {o} NOLOGIN; CREATE ROLE {a} LOGIN PASSWORD 'app-pw-42'; GRANT CREATE ON SCHEMA public TO {o}; "
+        "SET ROLE {o}; CREATE TABLE public.t (id int PRIMARY KEY); RESET ROLE; "
+        "GRANT SELECT, INSERT ON public.t TO {a}").format(o=sql.Identifier(owner), a=sql.Identifier(app))
+        .as_string(None))
+    extra = {"ge_application_roles": [app]}
+    preflight = run_playbook("playbooks/00_preflight.yml", extra=extra)
+    assert f"created by prepare-target: {app}, {owner}" in preflight.stdout
+
+    planned = run_playbook(PLAYBOOK, extra=extra, args=("--check",))
+    assert f"create role {app}" in planned.stdout and f"create role {owner}" in planned.stdout
+    assert dbpair.sql_target("SELECT count(*) FROM pg_roles WHERE rolname IN (%s, %s)", (app, owner)) == [(0,)]
+
+    run_playbook(PLAYBOOK, extra=extra)
+    with psycopg.connect(**{**dbpair.target, "user": app, "password": "app-pw-42"}) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (app,)
+    assert "app-pw-42" not in planned.stdout + planned.stderr
