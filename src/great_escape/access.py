@@ -409,8 +409,11 @@ def plan_roles(source: psycopg.Connection[Any], target: psycopg.Connection[Any],
                opts: Options) -> Plan:
     """Roles to create on the target, memberships and settings to add; problems for what cannot be done."""
     plan = Plan()
-    src_roles = read_roles(source, dependent_roles(src, opts.application_roles))
-    src_roles.update(read_roles(source, dependent_roles(src, opts.application_roles, src_roles) - set(src_roles)))
+    src_roles: dict[str, RoleInfo] = {}
+    asked: set[str] = set()
+    while wanted := dependent_roles(src, opts.application_roles, src_roles) - asked:  # groups of groups too
+        asked |= wanted
+        src_roles.update(read_roles(source, wanted))
     missing_on_source = sorted(set(opts.application_roles) - set(src_roles))
     if missing_on_source:
         plan.problems.append(f"application role(s) {', '.join(missing_on_source)} do not exist on the source; "

@@ -24,6 +24,10 @@ CREATE ROLE {group} NOLOGIN;
 CREATE ROLE {app} LOGIN PASSWORD 'app-secret';
 CREATE ROLE {reader} LOGIN PASSWORD 'reader-secret' CONNECTION LIMIT 5;
 GRANT {group} TO {app};
+CREATE ROLE {base} NOLOGIN;
+GRANT {base} TO {group};
+CREATE ROLE {top} NOLOGIN;
+GRANT {top} TO {base};
 ALTER ROLE {app} SET search_path = "$user", public, extra;
 ALTER ROLE {reader} SET statement_timeout = '5min';
 CREATE SCHEMA extra AUTHORIZATION {owner};
@@ -56,7 +60,8 @@ INSERT INTO public.accounts VALUES (1, 'ann', 10, 's1'), (2, 'bob', 20, 's2');
 
 def roles_of(pair: DbPair) -> dict[str, str]:
     db = pair.source["dbname"]
-    return {"owner": f"{db}_owner", "group": f"{db}_rw", "app": f"{db}_app", "reader": f"{db}_reader"}
+    return {"owner": f"{db}_owner", "group": f"{db}_rw", "base": f"{db}_base", "top": f"{db}_top",
+            "app": f"{db}_app", "reader": f"{db}_reader"}
 
 
 def create_schema(pair: DbPair) -> dict[str, str]:
@@ -126,6 +131,8 @@ def test_the_application_works_on_the_target_as_on_the_source(dbpair: DbPair, tm
         assert tgt.execute("SELECT prosecdef, pg_get_userbyid(proowner) FROM pg_proc WHERE proname = 'add_money'"
                            ).fetchone() == (True, names["owner"])
 
+    # Groups of groups come along, with their memberships (app -> rw -> base -> top).
+    assert dbpair.sql_target("SELECT pg_has_role(%s, %s, 'MEMBER')", (names["app"], names["top"])) == [(True,)]
     with login(dbpair, names["app"], "app-secret") as app:  # the source's password verifier works
         assert app.execute("SHOW search_path").fetchone() == ('"$user", public, extra',)
         app.execute("INSERT INTO accounts (id, owner_name) VALUES (3, 'cy')")  # through its group role
