@@ -69,16 +69,19 @@ def out_of_range(
     """Rows of `table` whose `column` does not fit `narrow_type`: [{key: {col: value}, value}]."""
     low, high = INT_RANGES[narrow_type]
     key = table.key or tuple(c.name for c in table.columns)
+    # Literals, not parameters: an identifier holding `%` would read as a placeholder.
     rows = conn.execute(
-        sql.SQL("SELECT {}, {}::text FROM {} WHERE {} < %s OR {} > %s ORDER BY {} LIMIT %s").format(
+        sql.SQL("SELECT {}, {}::text FROM {} WHERE {} < {} OR {} > {} ORDER BY {} LIMIT {}").format(
             sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in key),
             sql.Identifier(column),
             table.ident,
             sql.Identifier(column),
+            sql.Literal(low),
             sql.Identifier(column),
+            sql.Literal(high),
             sql.SQL(", ").join(sql.Identifier(k) for k in key),
-        ),
-        (low, high, limit),
+            sql.Literal(limit),
+        )
     ).fetchall()
     return [{"key": dict(zip(key, r[:-1], strict=True)), "value": r[-1]} for r in rows]
 

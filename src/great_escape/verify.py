@@ -156,48 +156,42 @@ class _Reader:
         self.row_hash = sql.SQL("pg_catalog.md5(ROW({})::text)").format(
             sql.SQL(", ").join(sql.Identifier("t", c) for c in columns))
 
-    def _where(self, lower: Key | None, upper: Key | None) -> tuple[sql.Composable, list[str]]:
+    def _where(self, lower: Key | None, upper: Key | None) -> sql.Composable:
+        """The range as literals, not parameters: an identifier holding `%` would read as a placeholder."""
         conds: list[sql.Composable] = []
-        params: list[str] = []
-        placeholders = sql.SQL(", ").join(sql.Placeholder() for _ in self.key)
-        if lower is not None:
-            conds.append(sql.SQL("({}) > ({})").format(self.key_list, placeholders))
-            params += lower
-        if upper is not None:
-            conds.append(sql.SQL("({}) <= ({})").format(self.key_list, placeholders))
-            params += upper
-        return (sql.SQL(" AND ").join(conds) if conds else sql.SQL("true")), params
+        for op, bound in ((">", lower), ("<=", upper)):
+            if bound is not None:
+                conds.append(sql.SQL("({}) {} ({})").format(
+                    self.key_list, sql.SQL(op), sql.SQL(", ").join(sql.Literal(v) for v in bound)))
+        return sql.SQL(" AND ").join(conds) if conds else sql.SQL("true")
 
     def upper_bound(self, lower: Key | None, rows: int) -> Key | None:
         """The key `rows` rows after `lower` (inclusive end of the next range); None if fewer remain."""
-        where, params = self._where(lower, None)
-        query = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET %s LIMIT 1").format(
-            self.key_text, self.relation, where, self.key_list)
-        row = self.conn.execute(query, [*params, rows - 1]).fetchone()
+        query = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET {} LIMIT 1").format(
+            self.key_text, self.relation, self._where(lower, None), self.key_list, sql.Literal(rows - 1))
+        row = self.conn.execute(query).fetchone()
         return tuple(row) if row else None
 
     def checksum(self, lower: Key | None, upper: Key | None) -> tuple[int, int, int]:
         """(count, sum of the first 64 md5 bits, sum of the last 64): equal sets give equal sums."""
-        where, params = self._where(lower, upper)
         query = sql.SQL(
             "SELECT count(*), "
             "COALESCE(sum(('x' || substr(h, 1, 16))::bit(64)::int8::numeric), 0), "
             "COALESCE(sum(('x' || substr(h, 17, 16))::bit(64)::int8::numeric), 0) "
             "FROM (SELECT {} AS h FROM {} WHERE {}) AS r"
-        ).format(self.row_hash, self.relation, where)
-        row = self.conn.execute(query, params).fetchone()
+        ).format(self.row_hash, self.relation, self._where(lower, upper))
+        row = self.conn.execute(query).fetchone()
         assert row is not None
         return int(row[0]), int(row[1]), int(row[2])
 
     def rows(self, lower: Key | None, upper: Key | None) -> Iterator[tuple[Key, str]]:
         """(key, md5) of every row of the range, streamed through a server-side cursor."""
-        where, params = self._where(lower, upper)
         query = sql.SQL("SELECT {}, {} FROM {} WHERE {}").format(
-            self.key_text, self.row_hash, self.relation, where)
+            self.key_text, self.row_hash, self.relation, self._where(lower, upper))
         n = len(self.key)
         with self.conn.cursor(name="great_escape_verify") as cur:
             cur.itersize = 2000
-            cur.execute(query, params)
+            cur.execute(query)
             for row in cur:
                 yield tuple(row[:n]), row[n]
 
@@ -217,7 +211,7 @@ def _snapshot(conn: psycopg.Connection[Any]) -> Any:
 
 def _open(params: Mapping[str, Any], side: str) -> psycopg.Connection[Any]:
     conn = db.connect(params, f"verify {side}")
-    # Bounds are sent as text of unknown type: each server casts them to its own key column type.
+    # Bounds are quoted as text of unknown type: each server casts them to its own key column type.
     conn.adapters.register_dumper(str, StrDumperUnknown)
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     conn.read_only = True
