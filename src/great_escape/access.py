@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 # The permissive policy that lets the sync user see and write every row of a table with row level
 # security on the target (it is neither owner nor BYPASSRLS there). Never compared, removed by cleanup.
 SYNC_POLICY = "great_escape_sync"
-WRITE_PRIVILEGES = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
 # Attributes Aurora/RDS does not let the master give; a role that has them on the source gets the rest.
 RESERVED_ATTRIBUTES = ("superuser", "replication", "bypassrls")
 # GUCs whose stored value is a list of quoted items: written back item by item (as pg_dump does).
@@ -452,7 +451,7 @@ def plan_roles(source: psycopg.Connection[Any], target: psycopg.Connection[Any],
         statement = sql.SQL("CREATE ROLE {} WITH {}").format(sql.Identifier(tname), sql.SQL(" ").join(options))
         plan.steps.append(Step(f"create role {tname}", statement))
         if info.login:
-            verifier = info.password if _usable_verifier(info.password, renamed=False) else None
+            verifier = info.password if _usable_verifier(info.password) else None
             if verifier:
                 plan.steps.append(Step(f"set the password of role {tname} (the source's verifier)",
                                        sql.SQL("ALTER ROLE {} PASSWORD {}").format(
@@ -505,11 +504,10 @@ def plan_roles(source: psycopg.Connection[Any], target: psycopg.Connection[Any],
     return plan
 
 
-def _usable_verifier(verifier: str | None, renamed: bool) -> bool:
-    """A SCRAM verifier works under any name; an md5 one is salted with the role name."""
-    if not verifier:
-        return False
-    return verifier.startswith("SCRAM-SHA-256$") or (verifier.startswith("md5") and not renamed)
+def _usable_verifier(verifier: str | None) -> bool:
+    """A SCRAM or md5 verifier; md5 is salted with the role name, which is kept (renamed roles are mapped to
+    existing ones, never created)."""
+    return bool(verifier) and verifier.startswith(("SCRAM-SHA-256$", "md5"))
 
 
 def split_list_setting(value: str) -> list[str]:
@@ -564,16 +562,9 @@ def _privilege(obj: Obj, privilege: str) -> sql.Composable:
     return sql.SQL(privilege)
 
 
-def expected_grants(obj: Obj, opts: Options, owner_before: str | None, owner_after: str | None) -> set[Grant]:
-    """The source object's grants with the roles mapped; the old owner's implicit ones moved to the new owner
-    (what ALTER ... OWNER does to an ACL)."""
-    out = set()
-    for grantee, privilege, grantable in obj.grants:
-        name = opts.map(grantee)
-        if owner_before and name == owner_before and owner_after:
-            name = owner_after
-        out.add((name, privilege, grantable))
-    return out
+def expected_grants(obj: Obj, opts: Options) -> set[Grant]:
+    """The source object's grants with the roles mapped."""
+    return {(opts.map(grantee), privilege, grantable) for grantee, privilege, grantable in obj.grants}
 
 
 def _as_owned_by(grants: set[Grant], old: str | None, new: str | None) -> set[Grant]:
@@ -583,12 +574,11 @@ def _as_owned_by(grants: set[Grant], old: str | None, new: str | None) -> set[Gr
 
 
 def compare(src: Side, tgt: Side, opts: Options, target_db: str, hardwired: Mapping[str, set[Grant]]
-            ) -> tuple[list[Step], list[Difference], list[str]]:
+            ) -> tuple[list[Step], list[Difference]]:
     """Statements that make the target's owners, privileges, default privileges, row level security and
-    database settings match the source's (after the role map), the differences found, and warnings."""
+    database settings match the source's (after the role map), and the differences found."""
     steps: list[Step] = []
     diffs: list[Difference] = []
-    warnings: list[str] = []
     project = set(opts.project_roles)
     owner_changes: dict[tuple[str, str], str] = {}  # (schema, table) -> new owner: their sequences follow
     # Schemas first: a new owner needs CREATE on the schema. Tables before their sequences and columns.
@@ -605,19 +595,19 @@ def compare(src: Side, tgt: Side, opts: Options, target_db: str, hardwired: Mapp
         current_owner = tobj.owner
         if sobj.kind == "database":
             # The database's owner stays the target's own: compare what others are granted.
-            want = {g for g in expected_grants(sobj, opts, None, None) if g[0] != opts.map(sobj.owner or "")}
+            want = {g for g in expected_grants(sobj, opts) if g[0] != opts.map(sobj.owner or "")}
             have = {g for g in tobj.grants if g[0] != tobj.owner}
         else:
             follows = sobj.owned_by_table and owner_changes.get((sobj.schema, sobj.name)) == owner
             if owner and owner != tobj.owner and not follows:
                 diffs.append(Difference(sobj.label, owner, "OWNER", f"source only (target owner: {tobj.owner})"))
                 steps.append(Step(f"give {sobj.label} to {owner}", sql.SQL("ALTER {} {} OWNER TO {}").format(
-                    sql.SQL(_KINDS[sobj.kind] if sobj.kind != "function" else "ROUTINE"),
+                    sql.SQL(_KINDS[sobj.kind]),
                     _object_ident(sobj), sql.Identifier(owner))))
                 if sobj.kind == "table":
                     owner_changes[(sobj.schema, sobj.name)] = owner
                 current_owner = owner
-            want = expected_grants(sobj, opts, None, None)
+            want = expected_grants(sobj, opts)
             have = _as_owned_by(tobj.grants, tobj.owner, current_owner)
         steps += _acl_steps(sobj, want, have, project, target_db, diffs)
     steps += _compare_defaults(src, tgt, opts, diffs, hardwired)
@@ -627,7 +617,7 @@ def compare(src: Side, tgt: Side, opts: Options, target_db: str, hardwired: Mapp
             diffs.append(Difference("database", "-", f"setting {setting}={value}", "source only"))
             steps.append(Step(f"set {setting} for the database", sql.SQL("ALTER DATABASE {} SET {} TO {}").format(
                 sql.Identifier(target_db), sql.Identifier(setting), setting_value(setting, value)), optional=True))
-    return steps, diffs, warnings
+    return steps, diffs
 
 
 def _hardwired(objtype: str, owner: str, table: Mapping[str, set[Grant]]) -> set[Grant]:
@@ -786,10 +776,9 @@ def plan(source: psycopg.Connection[Any], target: psycopg.Connection[Any], opts:
     if opts.objects:
         tgt = read_side(target, schemas, opts.exclude_tables)
         _add_stopped(tgt, opts.write_stops.get("target", []))
-        steps, diffs, warnings = compare(src, tgt, opts, target.info.dbname, _hardwired_table(target))
+        steps, diffs = compare(src, tgt, opts, target.info.dbname, _hardwired_table(target))
         result.steps += steps
         result.differences += diffs
-        result.warnings += warnings
     return result
 
 
