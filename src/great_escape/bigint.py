@@ -5,7 +5,8 @@ key references such a column, plus `include`, minus `exclude` (entries `schema.t
 `schema.table.column`), minus partition key columns (their type cannot change; a warning says so).
 Sequences owned by a converted column (serial or identity) become bigint too. Keys and foreign keys are
 read from the SOURCE catalog: on the target they only appear with post-data, after the data is loaded,
-when a type change would rewrite every table.
+when a type change would rewrite every table. Views over the converted tables are dropped and created
+again around the type change (PostgreSQL refuses to change a column a view reads), in the same transaction.
 """
 
 from __future__ import annotations
@@ -80,6 +81,42 @@ FROM pg_catalog.pg_sequence s
 JOIN pg_catalog.pg_class c ON c.oid = s.seqrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s
+"""
+
+
+# Views and materialized views that read the given tables, directly or through other views, with their
+# depth (1 = reads a table): PostgreSQL cannot change the type of a column a view uses, so they are dropped
+# before the ALTERs and created again after them, deepest first and shallowest first respectively.
+_DEPENDENT_VIEWS = """
+WITH RECURSIVE dependent(oid, depth) AS (
+    SELECT r.ev_class, 1
+    FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
+    WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+      AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+      AND d.refobjid = ANY(%s::pg_catalog.regclass[]) AND r.ev_class <> d.refobjid
+  UNION
+    SELECT r.ev_class, dependent.depth + 1
+    FROM dependent
+    JOIN pg_catalog.pg_depend d ON d.refobjid = dependent.oid
+      AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+      AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+    JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid AND r.ev_class <> dependent.oid
+    WHERE dependent.depth < 100
+)
+SELECT n.nspname, c.relname, c.relkind = 'm', pg_catalog.pg_get_viewdef(c.oid),
+       coalesce(c.reloptions, '{}'), pg_catalog.obj_description(c.oid, 'pg_class'),
+       ARRAY(SELECT ARRAY[a.attname::text, pg_catalog.col_description(c.oid, a.attnum)]
+             FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND pg_catalog.col_description(c.oid, a.attnum) IS NOT NULL
+             ORDER BY a.attnum),
+       ARRAY(SELECT ARRAY[a.attname::text, pg_catalog.pg_get_expr(ad.adbin, ad.adrelid)]
+             FROM pg_catalog.pg_attrdef ad JOIN pg_catalog.pg_attribute a
+               ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+             WHERE ad.adrelid = c.oid ORDER BY a.attnum)
+FROM (SELECT oid, max(depth) AS depth FROM dependent GROUP BY oid) v
+JOIN pg_catalog.pg_class c ON c.oid = v.oid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ORDER BY v.depth, n.nspname, c.relname
 """
 
 
@@ -196,11 +233,17 @@ def apply_bigint(target: psycopg.Connection[Any], plan: Plan) -> list[str]:
                                            "(or the source schema changed since the dump: dump again)")
                 if row[0]:
                     per_table.setdefault((c.schema, c.table), []).append(c.column)
+            views = _dependent_views(cur, list(per_table))
+            for view in reversed(views):
+                _run(cur, texts, sql.SQL("DROP {} {}").format(view.keyword, view.ident))
             for (schema, table), columns in per_table.items():
                 _run(cur, texts, sql.SQL("ALTER TABLE {} {}").format(
                     sql.Identifier(schema, table),
                     sql.SQL(", ").join(sql.SQL("ALTER COLUMN {} TYPE pg_catalog.int8").format(sql.Identifier(col))
                                        for col in columns)))
+            for view in views:
+                for stmt in view.create():
+                    _run(cur, texts, stmt)
             # Checked after the column changes: an identity sequence follows its column's new type.
             for s in plan.sequences:
                 cur.execute(_TARGET_SEQUENCE_TYPE, (s.schema, s.name))
@@ -216,6 +259,58 @@ def apply_bigint(target: psycopg.Connection[Any], plan: Plan) -> list[str]:
         error.sqlstate = exc.sqlstate
         raise error from exc
     return texts
+
+
+@dataclass(frozen=True)
+class _View:
+    """A view or materialized view as pre-data left it: what dropping it for the ALTERs would lose
+    (owner and privileges come later, from the access step; rules and triggers with post-data)."""
+    schema: str
+    name: str
+    materialized: bool
+    definition: str
+    options: list[str]
+    comment: str | None
+    column_comments: list[list[str]]
+    column_defaults: list[list[str]]
+
+    @property
+    def ident(self) -> sql.Composable:
+        return sql.Identifier(self.schema, self.name)
+
+    @property
+    def keyword(self) -> sql.Composable:
+        return sql.SQL("MATERIALIZED VIEW" if self.materialized else "VIEW")
+
+    def create(self) -> list[sql.Composable]:
+        with_options = sql.SQL("")
+        if self.options:
+            # reloptions are name=value pairs PostgreSQL itself validated (check_option, security_barrier ...)
+            with_options = sql.SQL(" WITH ({})").format(sql.SQL(", ").join(sql.SQL(o) for o in self.options))
+        # The definition is pg_get_viewdef's text, which the ALTERs' new column types re-plan; a materialized
+        # view stays unpopulated, as pre-data leaves it (post-data refreshes it).
+        stmts: list[sql.Composable] = [sql.SQL("CREATE {}{}{} AS {}{}").format(
+            self.keyword, self.ident, with_options, sql.SQL(self.definition.rstrip().rstrip(";")),
+            sql.SQL(" WITH NO DATA") if self.materialized else sql.SQL(""))]
+        for column, default in self.column_defaults:
+            stmts.append(sql.SQL("ALTER VIEW {} ALTER COLUMN {} SET DEFAULT {}").format(
+                self.ident, sql.Identifier(column), sql.SQL(default)))
+        if self.comment is not None:
+            stmts.append(sql.SQL("COMMENT ON {} {} IS {}").format(self.keyword, self.ident,
+                                                                    sql.Literal(self.comment)))
+        for column, comment in self.column_comments:
+            stmts.append(sql.SQL("COMMENT ON COLUMN {} IS {}").format(
+                sql.Identifier(self.schema, self.name, column), sql.Literal(comment)))
+        return stmts
+
+
+def _dependent_views(cur: psycopg.Cursor[Any], tables: list[tuple[str, str]]) -> list[_View]:
+    """Views over `tables` (through other views too), in the order they can be created."""
+    if not tables:
+        return []
+    names = [sql.Identifier(schema, table).as_string(cur.connection) for schema, table in tables]
+    cur.execute(_DEPENDENT_VIEWS, (names,))
+    return [_View(*row[:8]) for row in cur.fetchall()]
 
 
 def _run(cur: psycopg.Cursor[Any], texts: list[str], stmt: sql.Composable) -> None:

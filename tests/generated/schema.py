@@ -25,12 +25,6 @@ SYSTEM_COLUMNS = {"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"}
 assert all(len(n.encode()) <= 63 for n in HOSTILE_NAMES)
 
 
-# Known engine bug (test_regressions.py::test_bigint_widens_a_key_column_a_view_depends_on): the int -> bigint
-# step fails on a column that a view or materialized view uses. Until fixed, views go on tables it leaves alone.
-VIEWS_OVER_WIDENED_COLUMNS_WORK = False
-# Known engine bug (test_regressions.py::test_restore_refreshes_a_materialized_view_over_a_table_with_forced_*):
-# the restore stops at REFRESH MATERIALIZED VIEW over a table with FORCE ROW LEVEL SECURITY.
-MATVIEWS_OVER_FORCED_RLS_WORK = False
 
 
 def _ok_name(name: str) -> bool:
@@ -181,17 +175,8 @@ def tables(draw: st.DrawFn, index: int, schemas: list[str], previous: list[Table
               dropped_between=draw(st.booleans()), partition=partition, triggers=triggers,
               rls=draw(st.sampled_from(["none", "enabled", "forced"])), parent=parent,
               fk_name=draw(identifiers), unlogged=partition == "none" and draw(st.booleans()))
-    if VIEWS_OVER_WIDENED_COLUMNS_WORK or not (has_int_pk(t) or (parent is not None and has_int_pk(previous[parent]))):
-        views = ["none", "none", "view", "matview"]
-        if t.rls == "forced" and not MATVIEWS_OVER_FORCED_RLS_WORK:
-            views.remove("matview")
-        t.view = draw(st.sampled_from(views))
+    t.view = draw(st.sampled_from(["none", "none", "view", "matview"]))
     return t
-
-
-def has_int_pk(t: Table) -> bool:
-    """bigint.plan_bigint (auto) widens int primary key columns and the int columns referencing them."""
-    return not t.unique_not_pk and "int" in t.key_types()
 
 
 def ops(ntables: int, max_size: int) -> st.SearchStrategy[list[Op]]:
