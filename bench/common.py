@@ -206,6 +206,9 @@ def write_inventory(path: Path, source: dict[str, Any], target: dict[str, Any], 
         ge_target_db=target["dbname"], ge_target_master_user=target["user"],
         ge_target_master_password=target["password"],
         ge_target_user=repl_user, ge_target_password=repl_password,
+        # TLS as the clusters serve it (tests/conftest.py: verify-full against the session's CA).
+        ge_source_sslmode=source.get("sslmode", "prefer"), ge_source_sslrootcert=source.get("sslrootcert", ""),
+        ge_target_sslmode=target.get("sslmode", "prefer"), ge_target_sslrootcert=target.get("sslrootcert", ""),
     )
     local.update(overrides)
     (path / "group_vars/all/main.yml").write_text(yaml.safe_dump(local))
@@ -313,9 +316,12 @@ def wait_converged(source: dict[str, Any], target: dict[str, Any], timeout: floa
 
 @dataclass
 class Phases:
-    """Wall-clock seconds per named phase, in the order they ran."""
+    """Wall-clock seconds per named phase, in the order they ran, and when each ran (start and end in
+    seconds after `origin`, the moment this object was made)."""
 
     seconds: dict[str, float] = field(default_factory=dict)
+    spans: list[tuple[str, float, float]] = field(default_factory=list)
+    origin: float = field(default_factory=time.monotonic)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -323,7 +329,9 @@ class Phases:
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - started
+            ended = time.monotonic()
+            self.seconds[name] = self.seconds.get(name, 0.0) + ended - started
+            self.spans.append((name, started - self.origin, ended - self.origin))
 
     @property
     def total(self) -> float:

@@ -54,6 +54,12 @@ options:
     description: The replication user on the target; never revoked from, given the row level security policy.
     type: str
     required: true
+  source_sync_user:
+    description:
+      - The source's own sync role (made by the capture phase); its grants on the source are the project's and
+        are never carried over to the target.
+    type: str
+    default: ""
   migration_name:
     description:
       - The migration (ge_migration_name) whose cutover state is read with O(sync_password). Write privileges
@@ -164,6 +170,7 @@ def main() -> None:
         role_map=dict(type="dict", default={}),
         application_roles=dict(type="list", elements="str", default=[]),
         sync_user=dict(type="str", required=True),
+        source_sync_user=dict(type="str", default=""),
         objects=dict(type="bool", default=True),
         migration_name=dict(type="str"),
         sync_password=dict(type="str", no_log=True),
@@ -183,6 +190,7 @@ def main() -> None:
         opts = access.Options(
             role_map={str(k): str(v) for k, v in p["role_map"].items()},
             application_roles=tuple(p["application_roles"]), project_roles=(target["user"], p["sync_user"]),
+            source_project_roles=tuple(r for r in [p["source_sync_user"]] if r),
             sync_user=p["sync_user"], schemas=tuple(p["schemas"]), exclude_tables=tuple(p["exclude_tables"]),
             objects=p["objects"], write_stops=stops)
         with db.connect(source, "access") as src, db.connect(target, "access") as tgt:

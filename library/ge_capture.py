@@ -43,6 +43,19 @@ options:
     type: list
     elements: str
     default: []
+  sync_user:
+    description:
+      - The source's dedicated sync role (C(ge_sync_source_user)), which the forward sync and verify run as.
+      - With I(state=present) it is created if missing (not a superuser, creates nothing; its password is set
+        only then) and granted exactly what the sync needs (C(capture.grant_sync)) - CONNECT, USAGE and SELECT
+        on the replicated tables, read and purge the deltas, mark itself waiting. It may write no application
+        table until the cutover grants it the reverse sync's writes.
+      - With I(state=absent) every privilege it holds in the database goes, and the role itself.
+      - Omitted, or the I(source) user itself, nothing is done.
+    type: str
+  sync_password:
+    description: Password of I(sync_user), set when the role is created.
+    type: str
   state:
     description: Whether capture should be installed or removed.
     type: str
@@ -102,6 +115,8 @@ def main() -> None:
         keyless_tables=dict(type="str", choices=["refuse", "copy_at_cutover"], default="refuse"),
         freeze=dict(type="bool", default=True),
         ddl_roles=dict(type="list", elements="str", default=[]),
+        sync_user=dict(type="str"),
+        sync_password=dict(type="str", no_log=True),
         state=dict(type="str", choices=["present", "absent"], default="present"),
     ))
     from great_escape import capture, config, db
@@ -111,14 +126,31 @@ def main() -> None:
                         schemas=p["schemas"], exclude_tables=p["exclude_tables"], keyless_tables=p["keyless_tables"])
     # present: install the freeze if asked; absent: capture and freeze go together.
     freeze = (True if p["freeze"] else None) if p["state"] == "present" else False
+    roles: list[str] = []
     with engine_errors(module):
         with db.connect(cfg.source, "capture", autocommit=True) as conn:
             before = sorted(capture.registered(conn).values())
+            sync_role_exists = bool(p["sync_user"]) and p["sync_user"] != conn.info.user and bool(conn.execute(
+                "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (p["sync_user"],)).fetchone())
         plan = capture.run(cfg, state=p["state"], freeze=freeze, check=module.check_mode,
                            ddl_roles=p["ddl_roles"] or None)
+        if p["sync_user"]:
+            with db.connect(cfg.source, "capture", autocommit=True) as conn:
+                if p["state"] == "present":
+                    if module.check_mode:
+                        roles = [] if sync_role_exists or p["sync_user"] == conn.info.user \
+                            else [f"create role {p['sync_user']}"]
+                    else:
+                        roles = capture.ensure_sync_role(conn, p["sync_user"], p["sync_password"])
+                        with conn.transaction():
+                            capture.grant_sync(conn, p["sync_user"])
+                elif module.check_mode:
+                    roles = [f"drop role {p['sync_user']}"] if sync_role_exists else []
+                else:
+                    roles = capture.drop_sync_role(conn, p["sync_user"])
     after = sorted(set(before) | {t.qualname for t in plan.install}) if p["state"] == "present" \
         else sorted(set(before) - {name for _, name in plan.remove})
-    module.exit_json(changed=plan.changed, actions=plan.describe(), keyless=plan.keyless,
+    module.exit_json(changed=plan.changed or bool(roles), actions=plan.describe() + roles, keyless=plan.keyless,
                      diff={"before": {"captured": before}, "after": {"captured": after}})
 
 

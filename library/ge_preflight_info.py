@@ -43,6 +43,27 @@ options:
     type: list
     elements: str
     default: []
+  bigint:
+    description: The int -> bigint migration of the restore (restore_bigint), for the plan; V(auto) or V(none).
+    type: str
+    choices: [auto, none]
+    default: auto
+  bigint_include:
+    description: Extra columns to widen (restore_bigint_include), C(schema.table) or C(schema.table.column).
+    type: list
+    elements: str
+    default: []
+  bigint_exclude:
+    description: Columns left int (restore_bigint_exclude), C(schema.table) or C(schema.table.column).
+    type: list
+    elements: str
+    default: []
+  measure_seconds:
+    description:
+      - Seconds of a read of the biggest table (C(COPY ... TO STDOUT), discarded) whose rate the dump estimate
+        uses; V(0) uses the assumed rate.
+    type: float
+    default: 2.0
   keyless_tables:
     description:
       - What to do with tables without a primary key or unique index on NOT NULL columns.
@@ -137,7 +158,9 @@ notices:
   type: list
   elements: str
 facts:
-  description: Versions, table count, data and index bytes, dump estimate, free space, change rate.
+  description:
+    - Versions, table count, data and index bytes per table and in all, dump estimate, free space, change rate,
+      the measured read rate of the source.
   returned: always
   type: dict
   sample: {source_version: "15.10", tables: 12, data_bytes: 104857600, dump_estimate_bytes: 41943040}
@@ -146,6 +169,13 @@ estimates:
   returned: always
   type: list
   elements: dict
+plan:
+  description:
+    - The migration's plan as text lines, largest table first - size, rows, key (or what happens without one),
+      the int -> bigint changes - then the disk each host needs.
+  returned: always
+  type: list
+  elements: str
 estimate_table:
   description: O(estimates) as fixed-width text lines.
   returned: always
@@ -177,6 +207,10 @@ def main() -> None:
         assumptions=dict(type="dict", default={}),
         role_map=dict(type="dict", default={}),
         application_roles=dict(type="list", elements="str", default=[]),
+        bigint=dict(type="str", choices=["auto", "none"], default="auto"),
+        bigint_include=dict(type="list", elements="str", default=[]),
+        bigint_exclude=dict(type="list", elements="str", default=[]),
+        measure_seconds=dict(type="float", default=2.0),
     ))
     from great_escape import preflight
 
@@ -196,6 +230,8 @@ def main() -> None:
         replication_dir=p["replication_dir"], replication_dir_free_bytes=p["replication_dir_free_bytes"],
         assumptions=assumptions,
         role_map={str(k): str(v) for k, v in p["role_map"].items()}, application_roles=p["application_roles"],
+        bigint_mode=p["bigint"], bigint_include=p["bigint_include"], bigint_exclude=p["bigint_exclude"],
+        measure_seconds=p["measure_seconds"],
     )
     with engine_errors(module):  # engine errors become one sentence; anything else keeps its traceback
         report = preflight.run(inputs)

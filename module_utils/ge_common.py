@@ -29,8 +29,10 @@ _ENDPOINT = dict(
     user=dict(type="str", required=True),
     password=dict(type="str", no_log=True),
     passfile=dict(type="path"),
-    sslmode=dict(type="str"),
+    sslmode=dict(type="str", choices=["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]),
     sslrootcert=dict(type="path"),
+    sslcert=dict(type="path"),
+    sslkey=dict(type="path", no_log=False),
 )
 
 

@@ -8,7 +8,7 @@ cd "$root"
 
 # PostgreSQL 15 and rsync/ssh for the migration; podman for molecule; the peers for the benchmarks.
 packages=(postgresql-15 postgresql-client-15 postgresql-plperl-15 rsync openssh-server openssh-client podman catatonit uidmap
-          bucardo pgcopydb postgresql-15-pglogical python3-venv)
+          bucardo pgcopydb postgresql-15-pglogical python3-venv iproute2)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,6 +27,34 @@ fi
 .venv/bin/pip install -q -r requirements.txt -e . 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import great_escape, psycopg, ansible, moto, molecule" \
     || { echo "setup: the virtual environment is incomplete" >&2; exit 1; }
+# A clean Debian 12 root file system for the hosts of molecule/production: nothing of this machine's
+# (no venv, no checkout), only what the real hosts would have. Built once into a cache directory and
+# reused; GE_ROOTFS_REBUILD=1 builds it again. The machine's CA bundle and package mirror settings go in
+# (as a company image would carry them), so pip and apt inside reach the same registries.
+rootfs=${GE_ROOTFS_DIR:-/var/cache/great-escape/rootfs-bookworm}
+rootfs_packages="python3 python3-venv openssh-server openssh-client rsync sudo systemd systemd-sysv dbus"
+rootfs_packages="$rootfs_packages postgresql-15 postgresql-client-15 ca-certificates procps iproute2 xfsprogs"
+if [ "${GE_ROOTFS_REBUILD:-0}" = 1 ] || [ ! -f "$rootfs/.great-escape-rootfs" ]; then
+    dpkg-query -W -f='${Status}' debootstrap 2>/dev/null | grep -q "install ok installed" \
+        || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap
+    mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n 1)
+    rm -rf "$rootfs.new"
+    mkdir -p "$(dirname "$rootfs")"
+    debootstrap --variant=minbase bookworm "$rootfs.new" "${mirror:-http://deb.debian.org/debian}"
+    cp /etc/apt/sources.list.d/*.sources "$rootfs.new/etc/apt/sources.list.d/" 2>/dev/null && rm -f "$rootfs.new/etc/apt/sources.list"
+    cp /etc/apt/apt.conf.d/* "$rootfs.new/etc/apt/apt.conf.d/" 2>/dev/null || true
+    chroot "$rootfs.new" sh -ec "export DEBIAN_FRONTEND=noninteractive; apt-get update -q
+        apt-get install -y -q --no-install-recommends $rootfs_packages"
+    # PostgreSQL's packaged cluster is not wanted: the scenario makes its own.
+    chroot "$rootfs.new" sh -c 'pg_dropcluster --stop 15 main 2>/dev/null; rm -f /etc/ssh/ssh_host_*' || true
+    cp /etc/ssl/certs/ca-certificates.crt "$rootfs.new/etc/ssl/certs/ca-certificates.crt"
+    # pip's index settings without this machine's local wheel directories.
+    grep -v -E '^(find-links|extra-index-url) *= *(/|file:)' /etc/pip.conf > "$rootfs.new/etc/pip.conf" 2>/dev/null || true
+    chroot "$rootfs.new" apt-get clean
+    date -u +%FT%TZ > "$rootfs.new/.great-escape-rootfs"
+    rm -rf "$rootfs"
+    mv "$rootfs.new" "$rootfs"
+fi
 # Server builds of other PostgreSQL majors for tests/crossversion (GE_PG_MAJORS=all for the full matrix).
 bash scripts/install-pg-majors.sh
 echo "setup: ready (ansible-core $(.venv/bin/python -c "import ansible.release as r; print(r.__version__)"), $(.venv/bin/python --version))"

@@ -1,6 +1,10 @@
 """Real PostgreSQL 15 clusters for the tests: a plain "source" and an "aurora" target simulated as
 DESIGN.md describes (non-superuser master in rds_superuser; the replication user can switch
-session_replication_role only through the SECURITY DEFINER function)."""
+session_replication_role only through the SECURITY DEFINER function).
+
+Both serve TLS with a server certificate for 127.0.0.1 and localhost signed by a CA made in this test
+session (`tls_files`), and every connection the tests and the engine make from `conninfo()` verifies it
+(sslmode=verify-full, sslrootcert the session's CA)."""
 
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from great_escape.localcluster import MASTER_USER, LocalCluster, port_free
+from great_escape import restore, state
+from great_escape.localcluster import MASTER_USER, LocalCluster, TlsFiles, make_tls, port_free
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_ROOT = Path(os.environ.get("GE_TEST_ROOT", "/var/tmp/great-escape-tests")) / str(os.getpid())
@@ -36,26 +41,43 @@ def _port(offset: int) -> int:
     return next(p for p in range(base, base + 200, 2) if port_free(p))
 
 
-@pytest.fixture(scope="session")
-def source_cluster() -> Iterator[LocalCluster]:
+def _test_root() -> Path:
     TEST_ROOT.mkdir(parents=True, exist_ok=True)
     os.chmod(TEST_ROOT.parent, 0o755)
     os.chmod(TEST_ROOT, 0o755)
-    cluster = LocalCluster(TEST_ROOT / "source", _port(0), "source").start()
+    return TEST_ROOT
+
+
+@pytest.fixture(scope="session")
+def tls_files() -> TlsFiles:
+    """The session's CA and the clusters' server certificate (127.0.0.1, localhost)."""
+    return make_tls(_test_root() / "tls")
+
+
+@pytest.fixture(scope="session")
+def source_cluster(tls_files: TlsFiles) -> Iterator[LocalCluster]:
+    _test_root()
+    cluster = LocalCluster(TEST_ROOT / "source", _port(0), "source", tls=tls_files).start()
     yield cluster
     cluster.stop(remove=True)
     shutil.rmtree(TEST_ROOT, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def aurora_cluster() -> Iterator[LocalCluster]:
-    TEST_ROOT.mkdir(parents=True, exist_ok=True)
-    cluster = LocalCluster(TEST_ROOT / "aurora", _port(1), "aurora").start()
-    with psycopg.connect(**cluster.conninfo(dbname="postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-            sql.Identifier(REPL_USER), sql.Literal(REPL_PASSWORD)))
+def aurora_cluster(tls_files: TlsFiles) -> Iterator[LocalCluster]:
+    _test_root()
+    cluster = LocalCluster(TEST_ROOT / "aurora", _port(1), "aurora", tls=tls_files).start()
+    _ensure_repl_user(cluster)
     yield cluster
     cluster.stop(remove=True)
+
+
+def _ensure_repl_user(cluster: LocalCluster) -> None:
+    """The replication user, as prepare-target's first task makes it (again after a test's cleanup dropped it)."""
+    with psycopg.connect(**cluster.conninfo(dbname="postgres"), autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (REPL_USER,)).fetchone():
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(REPL_USER), sql.Literal(REPL_PASSWORD)))
 
 
 def render_replica_role_function(schema: str = "public") -> str:
@@ -82,18 +104,13 @@ class DbPair:
         return _run(self.target, query, params)
 
     def grant_repl(self) -> None:
-        """What prepare-target grants the replication user on the application schemas."""
-        with psycopg.connect(**self.target, autocommit=True) as conn:
-            schemas = [r[0] for r in conn.execute(
-                "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
-                "AND nspname <> 'information_schema'")]
-            for s in schemas:
-                conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(
-                    sql.Identifier(s), sql.Identifier(REPL_USER)))
-                conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA {} "
-                                     "TO {}").format(sql.Identifier(s), sql.Identifier(REPL_USER)))
-                conn.execute(sql.SQL("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {} TO {}").format(
-                    sql.Identifier(s), sql.Identifier(REPL_USER)))
+        """What the migration grants the replication user, through the product's own steps: the prepare-target
+        phase's (roles/prepare_target: state.prepare_target, CONNECT, TEMPORARY and the state schema, no
+        CREATE on the database) and the restore's on the application's tables (roles/restore grants.yml:
+        restore.grant_user). The tests grant the replication user nothing by hand."""
+        with psycopg.connect(**self.target) as conn:
+            state.prepare_target(conn, REPL_USER)
+            restore.grant_user(conn, None, REPL_USER)
 
 
 def _run(params: dict[str, Any], query: str, args: Any) -> list[tuple[Any, ...]]:
@@ -106,6 +123,7 @@ def _run(params: dict[str, Any], query: str, args: Any) -> list[tuple[Any, ...]]
 def dbpair(source_cluster: LocalCluster, aurora_cluster: LocalCluster) -> Iterator[DbPair]:
     """Fresh databases; the target has the replica-role function installed and the repl user may CONNECT."""
     name = f"t{os.getpid()}_{next(_counter)}"
+    _ensure_repl_user(aurora_cluster)
     with psycopg.connect(**source_cluster.conninfo(dbname="postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     with psycopg.connect(**aurora_cluster.conninfo(dbname="postgres"), autocommit=True) as conn:

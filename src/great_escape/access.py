@@ -229,10 +229,13 @@ def _setting(item: str) -> tuple[str, str]:
     return name, value
 
 
-def read_side(conn: psycopg.Connection[Any], schemas: list[str] | None, exclude_tables: Iterable[str] = ()) -> Side:
+def read_side(conn: psycopg.Connection[Any], schemas: list[str] | None, exclude_tables: Iterable[str] = (),
+              ignore_roles: Iterable[str] = ()) -> Side:
     """Objects, default privileges, row level security and database settings of `schemas` (all application
-    schemas when empty), in one read-only snapshot. Expressions come schema-qualified (search_path pinned)."""
+    schemas when empty), in one read-only snapshot. Expressions come schema-qualified (search_path pinned).
+    Grants to `ignore_roles` (the project's own roles on this side) are left out."""
     excluded = set(exclude_tables)
+    ignored = set(ignore_roles)
     args = {"excluded": list(SYSTEM_SCHEMAS + PROJECT_SCHEMAS), "schemas": schemas or None}
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         conn.rollback()  # the snapshot settings must come first in their transaction
@@ -243,7 +246,8 @@ def read_side(conn: psycopg.Connection[Any], schemas: list[str] | None, exclude_
         for kind, schema, name, sub, owner, acl, owned in conn.execute(_OBJECTS, args).fetchall():
             if kind in ("table", "column") and f"{schema}.{name}" in excluded:
                 continue
-            obj = Obj(kind, schema, name, sub, owner, _grants(acl), bool(owned))
+            grants = {g for g in _grants(acl) if g[0] not in ignored}
+            obj = Obj(kind, schema, name, sub, owner, grants, bool(owned))
             objects[obj.key] = obj
         defaults = {(role, schema, objtype): _grants(acl)
                     for role, schema, objtype, acl in conn.execute(_DEFAULTS, args).fetchall()}
@@ -387,6 +391,8 @@ class Options:
     role_map: Mapping[str, str] = field(default_factory=dict)  # source role -> target role
     application_roles: tuple[str, ...] = ()
     project_roles: tuple[str, ...] = ()  # the target's master and replication user: never revoked from
+    # The source's own project role (the sync's, made by capture): its grants there are never carried over.
+    source_project_roles: tuple[str, ...] = ()
     sync_user: str = ""  # gets the policy that lets it see every row of RLS tables
     schemas: tuple[str, ...] = ()
     exclude_tables: tuple[str, ...] = ()
@@ -770,7 +776,7 @@ def plan(source: psycopg.Connection[Any], target: psycopg.Connection[Any], opts:
     opts.objects) owners, privileges, default privileges, row level security and database settings.
     `target` is the master's connection."""
     schemas = list(opts.schemas) or None
-    src = read_side(source, schemas, opts.exclude_tables)
+    src = read_side(source, schemas, opts.exclude_tables, opts.source_project_roles)
     _add_stopped(src, opts.write_stops.get("source", []))
     result = plan_roles(source, target, src, opts)
     if opts.objects:

@@ -452,17 +452,189 @@ def _grant_sync_tables(conn: psycopg.Connection[Any], user: str, tables: list[sq
 
 
 def grant_sync(conn: psycopg.Connection[Any], user: str) -> None:
-    """Give `user` what a sync reading this side's capture needs, and nothing more: read the registry, read
-    and purge deltas and truncate events, mark itself waiting for a kick. Delta tables of tables captured
-    later are granted to it too. Runs in the caller's transaction (as the owner of ge_capture)."""
+    """Give `user` what a sync reading this side needs, and nothing more: CONNECT, read the replicated tables
+    (USAGE on their schemas, SELECT), read the registry, read and purge deltas and truncate events, mark
+    itself waiting for a kick. Tables captured later are granted to it too (`_install`). Runs in the
+    caller's transaction (as the owner of ge_capture). A user that cannot see every row of a replicated
+    table with row level security is refused, naming the fix."""
     if user == conn.info.user:
         return
     ident = sql.Identifier(user)
+    conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(conn.info.dbname), ident))
     conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(SCHEMA), ident))
     conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(SCHEMA, "tables"), ident))
     conn.execute(sql.SQL("GRANT SELECT, INSERT, DELETE ON {} TO {}").format(sql.Identifier(SCHEMA, WAITING), ident))
-    deltas = [sql.Identifier(SCHEMA, delta_name(r)) for r in registered(conn)]
+    relids = list(registered(conn))
+    deltas = [sql.Identifier(SCHEMA, delta_name(r)) for r in relids]
     _grant_sync_tables(conn, user, [sql.Identifier(SCHEMA, "truncates"), *deltas])
+    _grant_replicated(conn, user, relids, "SELECT")
+    _check_sees_every_row(conn, user, relids)
+
+
+def _replicated_idents(conn: psycopg.Connection[Any], relids: list[int]) -> list[tuple[str, str]]:
+    """(schema, table) of the existing tables among `relids`."""
+    return [(r[0], r[1]) for r in conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE c.oid = ANY(%s::pg_catalog.oid[]) ORDER BY 1, 2", (relids,)).fetchall()]
+
+
+def _grant_replicated(conn: psycopg.Connection[Any], user: str, relids: list[int], privileges: str,
+                      *, revoke: bool = False) -> None:
+    """GRANT (or REVOKE) `privileges` on the replicated tables `relids`, with USAGE on their schemas."""
+    ident = sql.Identifier(user)
+    names = _replicated_idents(conn, relids)
+    if revoke:
+        for schema, table in names:
+            conn.execute(sql.SQL("REVOKE {} ON {} FROM {}").format(sql.SQL(privileges),
+                                                                   sql.Identifier(schema, table), ident))
+        return
+    for schema in sorted({s for s, _ in names}):
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), ident))
+    for schema, table in names:
+        conn.execute(sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(privileges), sql.Identifier(schema, table),
+                                                            ident))
+
+
+def _check_sees_every_row(conn: psycopg.Connection[Any], user: str, relids: list[int]) -> None:
+    rows = conn.execute(
+        "SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_class c "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN pg_catalog.pg_roles r ON r.rolname = %s "
+        "WHERE c.oid = ANY(%s::pg_catalog.oid[]) AND c.relrowsecurity AND NOT r.rolbypassrls AND NOT r.rolsuper "
+        "AND c.relowner <> r.oid ORDER BY 1", (user, relids)).fetchall()
+    if rows:
+        raise CaptureError(
+            f"{user} would see only the rows the row level security policies of {', '.join(r[0] for r in rows)} "
+            f"show it on {_where(conn)}, and the sync would miss the others; have a superuser run ALTER ROLE "
+            f"{sql.Identifier(user).as_string(conn)} BYPASSRLS, then run the capture phase again")
+
+
+def ensure_sync_role(conn: psycopg.Connection[Any], user: str, password: str | None) -> list[str]:
+    """The source's dedicated sync role (ge_sync_source_user): a login that is not a superuser and may create
+    nothing (NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT); BYPASSRLS when the installer may give it,
+    since the sync must read every row. The password is set only when the role is created (as the
+    replication user's on the target). Privileges come from grant_sync. Runs in its own transaction; returns
+    what it did. The installing user itself as the sync user (a superuser, e.g. a source older than
+    PostgreSQL 15 whose reverse sync must SET session_replication_role) is left alone."""
+    if user == conn.info.user:
+        return []
+    row = conn.execute("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = %s", (user,)).fetchone()
+    if row is not None:
+        if row[0]:
+            log.warning("the sync user %s on %s is a superuser: the sync needs far less (grant_sync)",
+                        user, _where(conn))
+        return []
+    superuser = conn.execute("SELECT pg_catalog.current_setting('is_superuser') = 'on'").fetchone()
+    attributes = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT"
+    if superuser and superuser[0]:
+        attributes += " BYPASSRLS"
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("CREATE ROLE {} " + attributes + " PASSWORD {}").format(
+                sql.Identifier(user), sql.Literal(password) if password else sql.SQL("NULL")))
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise CaptureError(
+            f"creating the sync role {user} on {_where(conn)} needs CREATEROLE, which {conn.info.user} lacks; "
+            f"have a superuser run: CREATE ROLE {sql.Identifier(user).as_string(conn)} {attributes} PASSWORD "
+            "'...'; then run the capture phase again") from exc
+    return [f"create role {user}"]
+
+
+def grant_apply(conn: psycopg.Connection[Any], user: str) -> list[str]:
+    """What the reverse sync needs to apply to this side (the source, at cutover), as its admin: write the
+    replicated tables (INSERT, UPDATE, DELETE; their sequences USAGE, SELECT, UPDATE), SET
+    session_replication_role (PostgreSQL 15+: GRANT SET ON PARAMETER, which needs a superuser; never a
+    function on this side), and its progress tables (state.prepare). Before the cutover the sync role has
+    none of it. Runs in its own transaction. Raises CaptureError naming the fix."""
+    from . import state  # state imports capture
+
+    if user == conn.info.user:
+        return []
+    ident = sql.Identifier(user)
+    relids = list(registered(conn))
+    with conn.transaction():
+        _grant_replicated(conn, user, relids, "SELECT, INSERT, UPDATE, DELETE")
+        for seq in _owned_sequences(conn, relids):
+            conn.execute(sql.SQL("GRANT USAGE, SELECT, UPDATE ON SEQUENCE {} TO {}").format(seq, ident))
+        if conn.info.server_version < 150000:
+            raise CaptureError(
+                f"{user} may not SET session_replication_role on {_where(conn)} (PostgreSQL "
+                f"{conn.info.server_version // 10000}: only a superuser may), so it cannot apply the reverse sync "
+                "here; set ge_sync_source_user to the source's superuser for this migration")
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("GRANT SET ON PARAMETER session_replication_role TO {}").format(ident))
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise CaptureError(
+                f"{conn.info.user} may not GRANT SET ON PARAMETER session_replication_role to {user} on "
+                f"{_where(conn)} ({exc.diag.message_primary}); have a superuser run it, then run the switch "
+                "again") from exc
+    return [f"grant {user} writes on {len(relids)} replicated table(s) and SET session_replication_role",
+            *state.prepare(conn, user)]
+
+
+def revoke_apply(conn: psycopg.Connection[Any], user: str) -> None:
+    """Take back what grant_apply gave (at rollback, once the reverse sync is drained): the sync role reads
+    again, and nothing more. Runs in its own transaction."""
+    if user == conn.info.user:
+        return
+    ident = sql.Identifier(user)
+    relids = list(registered(conn))
+    with conn.transaction():
+        _grant_replicated(conn, user, relids, "INSERT, UPDATE, DELETE, TRUNCATE", revoke=True)
+        for seq in _owned_sequences(conn, relids):
+            conn.execute(sql.SQL("REVOKE UPDATE ON SEQUENCE {} FROM {}").format(seq, ident))
+        if conn.info.server_version >= 150000 and conn.execute(
+                "SELECT pg_catalog.has_parameter_privilege(%s, 'session_replication_role', 'SET')",
+                (user,)).fetchone()[0]:
+            try:
+                with conn.transaction():
+                    conn.execute(sql.SQL("REVOKE SET ON PARAMETER session_replication_role FROM {}").format(ident))
+            except psycopg.errors.InsufficientPrivilege:
+                log.warning("%s keeps SET on session_replication_role on %s: only a superuser may revoke it",
+                            user, _where(conn))
+
+
+def _owned_sequences(conn: psycopg.Connection[Any], relids: list[int]) -> list[sql.Identifier]:
+    """Sequences owned by (serial, identity) the replicated tables."""
+    return [sql.Identifier(r[0], r[1]) for r in conn.execute(
+        "SELECT DISTINCT n.nspname, s.relname FROM pg_catalog.pg_depend d "
+        "JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace "
+        "WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass "
+        "AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass "
+        "AND d.refobjid = ANY(%s::pg_catalog.oid[]) AND d.deptype IN ('a', 'i')", (relids,)).fetchall()]
+
+
+def drop_sync_role(conn: psycopg.Connection[Any], user: str) -> list[str]:
+    """Cleanup: every privilege of the sync role in this database (and on shared objects: the database,
+    the parameter) and what it owns here go (DROP OWNED), then the role. A role still granted something in
+    another database of the cluster stays, with a warning naming why. Never the connecting user. Autocommit
+    `conn` (as a superuser, or a member of the role)."""
+    if user == conn.info.user:
+        return []
+    if not conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (user,)).fetchone():
+        return []
+    ident = sql.Identifier(user)
+    try:
+        with conn.transaction():
+            # A non-superuser (Aurora's master) needs the role's privileges for DROP OWNED; with CREATEROLE
+            # (15: any non-superuser role; 16+: roles it created) it may take membership.
+            if not conn.execute("SELECT pg_catalog.pg_has_role(current_user, %s, 'USAGE')", (user,)).fetchone()[0]:
+                conn.execute(sql.SQL("GRANT {} TO {}").format(ident, sql.Identifier(conn.info.user)))
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise CaptureError(
+            f"{conn.info.user} may not drop what {user} owns or holds on {_where(conn)} "
+            f"({exc.diag.message_primary}); run cleanup as a superuser, or GRANT {ident.as_string(conn)} TO "
+            f"{sql.Identifier(conn.info.user).as_string(conn)} first") from exc
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("DROP ROLE {}").format(ident))
+    except psycopg.errors.DependentObjectsStillExist as exc:
+        log.warning("role %s kept on %s: %s", user, _where(conn), exc.diag.message_detail or exc)
+        return [f"revoke everything from {user} in {conn.info.dbname}"]
+    return [f"drop role {user}"]
 
 
 def set_waiting(conn: psycopg.Connection[Any], sync: str, waiting: bool) -> None:
@@ -554,6 +726,7 @@ def _install(conn: psycopg.Connection[Any], table: Table) -> None:
     conn.execute(sql.SQL("GRANT INSERT ON {} TO {}").format(delta, sql.Identifier(WRITER_ROLE)))
     for user in _sync_users(conn):
         _grant_sync_tables(conn, user, [delta])
+        _grant_replicated(conn, user, [table.relid], "SELECT")
     func = sql.Identifier(SCHEMA, function_name(table.relid))
     _create_writer_function(conn, function_name(table.relid), row_trigger_body(table, delta))
     target = table.ident

@@ -12,7 +12,7 @@ from . import __version__
 from .errors import GreatEscapeError
 
 # Engine modules with a subcommand, in the order `--help` lists them.
-SUBCOMMAND_MODULES = ("capture", "daemon", "status", "sequences", "verify", "progress", "cutover")
+SUBCOMMAND_MODULES = ("capture", "daemon", "status", "sequences", "verify", "progress", "cutover", "copy")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,8 +1,10 @@
 """The engine's configuration file (YAML), written by the sync role's template.
 
     name: local-demo                 # names the migration in logs and application_name
-    source: {host: ..., port: 5432, dbname: app, user: postgres, passfile: /etc/great-escape/pgpass}
-    target: {host: ..., port: 5432, dbname: app, user: ge_repl, passfile: /etc/great-escape/pgpass}
+    source: {host: ..., port: 5432, dbname: app, user: ge_sync_source, passfile: /etc/great-escape/pgpass,
+             sslmode: verify-full, sslrootcert: /etc/great-escape/source-ca.pem}
+    target: {host: ..., port: 5432, dbname: app, user: ge_repl, passfile: /etc/great-escape/pgpass,
+             sslmode: verify-full, sslrootcert: /etc/great-escape/global-bundle.pem}  # sslcert/sslkey optional
     schemas: [public]                # empty: every application schema
     exclude_tables: []               # schema.table names left out of capture and sync
     keyless_tables: refuse           # refuse | copy_at_cutover
@@ -30,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from .db import CONNINFO_KEYS, ReplicaRoleFunction
+from .db import CONNINFO_KEYS, SSLMODES, ReplicaRoleFunction
 from .errors import ConfigError
 
 KEYLESS_CHOICES = ("refuse", "copy_at_cutover")
@@ -168,4 +170,6 @@ def _endpoint(value: Any, side: str, origin: str) -> dict[str, Any]:
             raise ConfigError(f"{origin}: {side}.{key}: missing; it is required")
     if "port" in value and not isinstance(value["port"], int):
         raise ConfigError(f"{origin}: {side}.port: expected an integer, got {value['port']!r}")
+    if value.get("sslmode") not in (None, *SSLMODES):
+        raise ConfigError(f"{origin}: {side}.sslmode: expected one of {list(SSLMODES)}, got {value['sslmode']!r}")
     return dict(value)

@@ -106,11 +106,13 @@ class Sides:
     sync: Mapping[str, Mapping[str, Any]]
 
 
-def sides_of(cfg: configmod.Config, target_admin: Mapping[str, Any] | None) -> Sides:
-    """The source user (owner or superuser) does both jobs on the source; on the target the master
-    owns the tables and the replication user syncs."""
+def sides_of(cfg: configmod.Config, target_admin: Mapping[str, Any] | None,
+             source_admin: Mapping[str, Any] | None = None) -> Sides:
+    """On each side an admin owns the tables (the source's owner or superuser, the target's master) and the
+    sync user syncs (the source's dedicated sync role, the target's replication user). Without
+    `source_admin` the configuration's source user does both jobs on the source (an older configuration)."""
     return Sides(
-        admin={"source": cfg.source, "target": target_admin or cfg.target},
+        admin={"source": source_admin or cfg.source, "target": target_admin or cfg.target},
         sync={"source": cfg.source, "target": cfg.target},
     )
 
@@ -488,10 +490,11 @@ def switch(
     target_admin: Mapping[str, Any] | None = None,
     options: Options | None = None,
     config_path: str | None = None,
+    source_admin: Mapping[str, Any] | None = None,
 ) -> Switch:
     """Carry out a cutover (action='cutover') or rollback (action='rollback'); see the module docstring."""
     opts = options or Options()
-    sides = sides_of(cfg, target_admin)
+    sides = sides_of(cfg, target_admin, source_admin)
     frm, to = ("source", "target") if action == "cutover" else ("target", "source")
     direction = "forward" if frm == "source" else "reverse"
     dcfg = cfg if direction == "forward" else cfg.reversed()  # the sync that carries the last changes
@@ -562,6 +565,12 @@ def switch(
         src_conn = fconn if frm == "source" else tconn
         capture.allow_ddl(src_conn)
         state.ensure(src_conn)
+        # The source's sync role writes the source only while the target is live (issue 13 item 3): the
+        # reverse sync (and the rollback's keyless copy) need it; granted before writes stop, so a source
+        # where it cannot be granted (PostgreSQL < 15, no superuser) refuses with nothing stopped.
+        src_sync_user = str(sides.sync["source"]["user"])
+        if action == "cutover":
+            capture.grant_apply(src_conn, src_sync_user)
         with step("capture on " + to):
             sw.capture_installed = _ensure_capture(tconn, t_tables, replicated, sides, to)
 
@@ -639,11 +648,15 @@ def switch(
                 _write_state(st, cfg.name, live=to)
         except BaseException as exc:
             _undo_stop(st, fconn, cfg.name, frm, opts, sw, exc)
+            if action == "cutover":
+                capture.revoke_apply(src_conn, src_sync_user)
             raise
         sw.downtime_seconds = round(time.monotonic() - stopped_at, 3)
         sw.writes_accepted_at = _now()
         if back:
             _write_state(st, cfg.name, side=to, stops=[])
+        if action == "rollback":  # drained: the source's sync role only reads again
+            capture.revoke_apply(src_conn, src_sync_user)
 
     if opts.start_sync and config_path:
         back_direction = "reverse" if direction == "forward" else "forward"
@@ -854,6 +867,17 @@ def add_parser(sub: Any) -> None:
             help="file holding the master user's password on its first line, readable by its owner only "
             "(mode 0600); - reads it from standard input. Never pass a password on the command line",
         )
+        p.add_argument(
+            "--source-admin-user",
+            help="the source's owner of the tables or superuser (capture, privileges, sequences at the switch), "
+            "when the configuration's source user is the dedicated sync role; password from "
+            "--source-admin-password-file",
+        )
+        p.add_argument(
+            "--source-admin-password-file",
+            metavar="FILE",
+            help="file holding that user's password on its first line (mode 0600); - reads standard input",
+        )
         p.add_argument("--stop-writes", choices=STOP_MODES, default="revoke")
         p.add_argument(
             "--application-role",
@@ -881,17 +905,18 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=_status_main)
 
 
-def target_admin_params(
-    cfg: configmod.Config, user: str | None, password_file: str | None = None
+def admin_params(
+    endpoint: Mapping[str, Any], user: str | None, password_file: str | None = None
 ) -> dict[str, Any] | None:
-    """libpq parameters of the target's master: the target's, as `user`, with the password read from
-    `password_file` ("-": standard input) or else from the configuration's password file (passfile).
+    """libpq parameters of a side's admin (the target's master, the source's owner or superuser): the side's
+    endpoint as `user`, with the password read from `password_file` ("-": standard input) or else from the
+    configuration's password file (passfile).
 
     The password never comes from the command line, and never stays in this process's environment, which the
     sync started after the switch would inherit."""
     if not user:
         return None
-    params = {**cfg.target, "user": user}
+    params = {**endpoint, "user": user}
     params.pop("password", None)
     if password_file:
         params["password"] = _read_password(password_file)
@@ -933,7 +958,8 @@ def _main(args: argparse.Namespace) -> int:
     sw = switch(
         cfg,
         args.action,
-        target_admin=target_admin_params(cfg, args.target_admin_user, args.target_admin_password_file),
+        target_admin=admin_params(cfg.target, args.target_admin_user, args.target_admin_password_file),
+        source_admin=admin_params(cfg.source, args.source_admin_user, args.source_admin_password_file),
         options=opts,
         config_path=args.config,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from .errors import ConnectError, SyncError
+
+log = logging.getLogger(__name__)
 
 # Text COPY and checksums must render values identically on both sides (DESIGN.md "Lessons").
 PINNED_SETTINGS = {
@@ -24,10 +27,18 @@ PINNED_SETTINGS = {
 
 REPLICA_ROLE_FUNCTION = "rds_session_replication_role"
 
-# libpq parameters a configuration may carry; anything else is a typo worth refusing.
+# libpq parameters a configuration may carry; anything else is a typo worth refusing. TLS: sslmode and
+# sslrootcert (the CA that signed the server's certificate; RDS/Aurora: the RDS CA bundle), a client
+# certificate optional (sslcert, sslkey); hostaddr connects to an address while the certificate is checked
+# against host.
 CONNINFO_KEYS = frozenset(
-    {"host", "port", "dbname", "user", "password", "passfile", "sslmode", "sslrootcert", "connect_timeout"}
+    {"host", "hostaddr", "port", "dbname", "user", "password", "passfile", "sslmode", "sslrootcert", "sslcert",
+     "sslkey", "sslcrl", "connect_timeout"}
 )
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+RDS_CA_BUNDLE_URL = "https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem"
+# Endpoints already warned about an unencrypted connection (one warning per endpoint and process).
+_warned_plaintext: set[str] = set()
 
 
 def describe(params: Mapping[str, Any]) -> str:
@@ -60,8 +71,10 @@ def connect(
         raise ConnectError(f"unknown connection option(s) {sorted(unknown)} for {describe(params)}")
     kwargs = {k: v for k, v in params.items() if v not in (None, "")}
     kwargs.setdefault("connect_timeout", 10)
+    if kwargs.get("sslmode") not in (None, *SSLMODES):
+        raise ConnectError(f"sslmode {kwargs['sslmode']!r} for {describe(params)} is not one of {list(SSLMODES)}")
     try:
-        return psycopg.connect(
+        conn = psycopg.connect(
             **kwargs,
             autocommit=autocommit,
             application_name=f"great-escape {purpose}",
@@ -69,10 +82,35 @@ def connect(
         )
     except psycopg.OperationalError as exc:
         raise ConnectError(_connect_message(params, str(exc))) from exc
+    _warn_if_plaintext(conn, params)
+    return conn
+
+
+def ssl_in_use(conn: psycopg.Connection[Any]) -> bool:
+    """Whether this connection is encrypted (TLS), as libpq says."""
+    return bool(conn.pgconn.ssl_in_use)
+
+
+def _warn_if_plaintext(conn: psycopg.Connection[Any], params: Mapping[str, Any]) -> None:
+    """A warning, once per endpoint, for a connection that is not encrypted: passwords and rows would cross
+    the network in clear text (a Unix socket is exempt)."""
+    if ssl_in_use(conn) or str(conn.info.host).startswith("/"):
+        return
+    where = describe(params)
+    if where in _warned_plaintext:
+        return
+    _warned_plaintext.add(where)
+    log.warning("the connection to %s is not encrypted (sslmode %s): set sslmode: verify-full and sslrootcert "
+                "(ge_source_sslmode/ge_target_sslmode, ge_source_sslrootcert/ge_target_sslrootcert; Aurora/RDS: "
+                "the RDS CA bundle %s) and have the server require TLS (rds.force_ssl = 1, or hostssl in "
+                "pg_hba.conf)", where, params.get("sslmode") or "prefer (libpq's default)", RDS_CA_BUNDLE_URL)
 
 
 def _connect_message(params: Mapping[str, Any], text: str) -> str:
     where = describe(params)
+    tls = _tls_message(params, text)
+    if tls:
+        return f"cannot connect to {where}: {tls}"
     if "password authentication failed" in text or "no password supplied" in text:
         return f"cannot log in to {where}: the password was refused; check the password for this user"
     if "does not exist" in text and "database" in text:
@@ -252,6 +290,36 @@ def set_replica_role(conn: psycopg.Connection[Any], function: ReplicaRoleFunctio
             f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}; the apply would fire triggers and foreign keys"
         )
     return method
+
+
+def _tls_message(params: Mapping[str, Any], text: str) -> str | None:
+    """The TLS failures, each with its fix; None for other errors."""
+    host = params.get("host", "localhost")
+    rootcert = params.get("sslrootcert") or "~/.postgresql/root.crt (libpq's default)"
+    if "certificate verify failed" in text:
+        return (f"the server's certificate is not signed by a CA in sslrootcert ({rootcert}): set sslrootcert to "
+                "the CA bundle that signed it (Aurora/RDS: the RDS CA bundle global-bundle.pem from "
+                f"{RDS_CA_BUNDLE_URL}, installed by the replication_host role)")
+    if "does not match host name" in text or "no SAN" in text:
+        return (f"the server's certificate does not name the host {host!r} ({_last_line(text)}): connect by a name "
+                "the certificate holds (Aurora/RDS: the cluster endpoint's DNS name, not an IP address or a CNAME "
+                "of your own), or, if you must, use sslmode: verify-ca, which checks the CA only")
+    if "root certificate file" in text and "does not exist" in text:
+        return (f"the CA file sslrootcert ({rootcert}) does not exist on this host: install it (Aurora/RDS: "
+                f"{RDS_CA_BUNDLE_URL}, installed by the replication_host role) or correct the path")
+    if "server does not support SSL" in text:
+        return (f"the server at {host} does not accept TLS, which sslmode {params.get('sslmode')} requires: turn "
+                "on ssl on the server (ssl = on with a certificate) rather than lowering sslmode")
+    if "could not read certificate file" in text or "could not load private key" in text \
+            or "private key file" in text:
+        return (f"the client certificate or key (sslcert/sslkey) cannot be used: {_last_line(text)}; check the "
+                "paths and that the key is readable by this user only (chmod 600)")
+    return None
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else text
 
 
 def _primary(exc: psycopg.Error) -> str:

@@ -9,6 +9,10 @@ builds scripts/install-pg-majors.sh puts in GE_PG_CACHE (12, 13, 14, 16). A 12-1
 
     python -m great_escape.localcluster start --dir /var/tmp/ge/source --port 55432 --kind source [--major 12]
     python -m great_escape.localcluster stop --dir /var/tmp/ge/source [--major 12]
+    python -m great_escape.localcluster tls --dir /var/tmp/ge/tls     # a CA and a server certificate
+
+With a TLS directory (`make_tls`: ca.crt, server.crt and server.key for localhost and 127.0.0.1) a cluster
+serves TLS, like Aurora with rds.force_ssl = 1 serves it, and `conninfo()` connects with sslmode=verify-full.
 """
 
 from __future__ import annotations
@@ -36,8 +40,76 @@ MASTER_USER = "ge_master"
 DEFAULT_PASSWORD = "ge-local-secret"
 
 
+TLS_HOSTS = ("localhost", "127.0.0.1")
+
+
 class ClusterError(Exception):
     """A local cluster could not start; the message names the cluster and the fix."""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A CA and a server certificate it signed (PEM files)."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+
+def make_tls(directory: Path, hosts: tuple[str, ...] = TLS_HOSTS, *, ca_name: str = "great-escape test CA") -> TlsFiles:
+    """A new CA (ca.crt; its key is not kept) and a server certificate for `hosts` (DNS names and IP
+    addresses as subjectAltName) in `directory`; the key readable by the server's user only. Idempotent: an
+    existing set is kept."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    files = TlsFiles(directory / "ca.crt", directory / "server.crt", directory / "server.key")
+    if all(f.exists() for f in (files.ca_cert, files.server_cert, files.server_key)):
+        return files
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])
+    ca = (x509.CertificateBuilder().subject_name(ca_subject).issuer_name(ca_subject)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+            .issuer_name(ca_subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    files.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(files.server_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    os.chmod(directory, 0o755)
+    os.chmod(files.ca_cert, 0o644)
+    os.chmod(files.server_cert, 0o644)
+    if os.geteuid() == 0:  # the server runs as RUN_AS and must own its key
+        shutil.chown(files.server_key, RUN_AS, RUN_AS)
+    return files
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -96,6 +168,7 @@ class LocalCluster:
     listen: str = "127.0.0.1"
     bin_dir: Path | None = None  # None: PG_BIN (Debian's PostgreSQL 15, or GE_PG_BIN)
     lib_dir: Path | None = None  # LD_LIBRARY_PATH for a build that brings its own libraries
+    tls: TlsFiles | None = None  # serve TLS with this server certificate; clients verify it (verify-full)
 
     def _program(self, name: str) -> str:
         return str((self.bin_dir or PG_BIN) / name)
@@ -114,8 +187,11 @@ class LocalCluster:
 
     def conninfo(self, user: str | None = None, dbname: str | None = None) -> dict[str, object]:
         """libpq parameters as the engine takes them."""
-        return {"host": "127.0.0.1", "port": self.port, "dbname": dbname or self.dbname,
-                "user": user or self.admin_user, "password": self.password}
+        params: dict[str, object] = {"host": "127.0.0.1", "port": self.port, "dbname": dbname or self.dbname,
+                                     "user": user or self.admin_user, "password": self.password}
+        if self.tls is not None:
+            params.update(sslmode="verify-full", sslrootcert=str(self.tls.ca_cert))
+        return params
 
     @property
     def admin_user(self) -> str:
@@ -149,6 +225,9 @@ class LocalCluster:
             "shared_buffers": "256MB", "fsync": "on", "logging_collector": "off",
             "wal_level": "logical", "max_wal_senders": "10", "max_replication_slots": "10",
         }
+        if self.tls is not None:
+            conf.update(ssl="on", ssl_cert_file=f"'{self.tls.server_cert}'", ssl_key_file=f"'{self.tls.server_key}'",
+                        ssl_min_protocol_version="'TLSv1.2'")
         conf.update(settings or {})
         (self.datadir / "postgresql.auto.conf").write_text("".join(f"{k} = {v}\n" for k, v in conf.items()))
         log = self.datadir / "server.log"
@@ -208,15 +287,27 @@ class LocalCluster:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["start", "stop", "remove"])
+    parser.add_argument("action", choices=["start", "stop", "remove", "tls"])
     parser.add_argument("--dir", required=True, type=Path)
     parser.add_argument("--port", type=int, default=5432)
     parser.add_argument("--kind", choices=["source", "aurora"], default="source")
     parser.add_argument("--listen", default="127.0.0.1")
     parser.add_argument("--major", type=int, help="a PostgreSQL major other than GE_PG_BIN's (find_build)")
+    parser.add_argument("--tls-dir", type=Path,
+                        help="serve TLS with the certificate in this directory (made by the tls action)")
     args = parser.parse_args()
+    if args.action == "tls":
+        files = make_tls(args.dir)
+        print(files.ca_cert)
+        return
     password = os.environ.get("GE_LOCAL_PASSWORD", DEFAULT_PASSWORD)
-    cluster = LocalCluster(args.dir, args.port, args.kind, password=password, listen=args.listen)
+    tls = None
+    if args.tls_dir is not None:
+        tls = TlsFiles(args.tls_dir / "ca.crt", args.tls_dir / "server.crt", args.tls_dir / "server.key")
+        if not tls.server_key.exists():
+            raise SystemExit(f"no server.key in {args.tls_dir}: run python -m great_escape.localcluster tls --dir "
+                             f"{args.tls_dir} first")
+    cluster = LocalCluster(args.dir, args.port, args.kind, password=password, listen=args.listen, tls=tls)
     if args.major is not None:
         build = find_build(args.major)
         if build is None:

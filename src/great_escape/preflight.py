@@ -10,6 +10,7 @@ turns the list into one PreflightError. Nothing here writes to any database.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from . import access, catalog, db, state
+from . import access, bigint, catalog, db, state
 from .errors import ConnectError, PreflightError
 
 # Capture and cutover use pg_partition_tree() (12+); 12, 13, 14 -> 15, 16 are measured (tests/crossversion).
@@ -74,6 +75,10 @@ class Inputs:
     assumptions: Assumptions = field(default_factory=Assumptions)
     role_map: dict[str, str] = field(default_factory=dict)  # ge_role_map
     application_roles: list[str] = field(default_factory=list)
+    bigint_mode: str = "auto"  # restore_bigint and its include/exclude lists, for the plan
+    bigint_include: list[str] = field(default_factory=list)
+    bigint_exclude: list[str] = field(default_factory=list)
+    measure_seconds: float = 2.0  # the measured read of the source that the dump estimate uses; 0: none
 
 
 @dataclass
@@ -82,6 +87,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     estimates: list[dict[str, Any]] = field(default_factory=list)
+    plan: list[str] = field(default_factory=list)
 
     def raise_if_problems(self) -> None:
         if self.problems:
@@ -101,7 +107,7 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         # "warnings" is a key Ansible reserves in module results: the module returns them as "notices".
         return {"problems": self.problems, "notices": self.warnings, "facts": self.facts,
-                "estimates": self.estimates, "estimate_table": self.estimate_table()}
+                "estimates": self.estimates, "estimate_table": self.estimate_table(), "plan": self.plan}
 
 
 def run(inputs: Inputs) -> Report:
@@ -126,7 +132,9 @@ def run(inputs: Inputs) -> Report:
         _check_versions(source, target, tables, report)
         if source is not None:
             _check_disk(inputs, report)
+            _measure_read(source, inputs, tables, report)
             _estimate(inputs.assumptions, report)
+            _plan(source, inputs, tables, report)
     finally:
         for conn in (source, target):
             if conn is not None:
@@ -142,6 +150,12 @@ def _open(params: dict[str, Any], role: str, report: Report) -> psycopg.Connecti
         return None
     # Autocommit, so one failed check does not abort the others; every statement still runs read-only.
     conn.execute("SET default_transaction_read_only = on")
+    if not db.ssl_in_use(conn) and not str(conn.info.host).startswith("/"):
+        report.warnings.append(
+            f"{role} {db.describe(params)}: the connection is not encrypted (sslmode "
+            f"{params.get('sslmode') or 'prefer'}); set sslmode verify-full and sslrootcert for this side "
+            "(ge_source_sslmode/ge_target_sslmode, ge_source_sslrootcert/ge_target_sslrootcert) and have the "
+            "server require TLS (Aurora: rds.force_ssl = 1)")
     return conn
 
 
@@ -221,6 +235,17 @@ WHERE c.relkind IN ('r', 'm', 'f', 'p')
                   WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
 """
 
+# Partitioned tables: the sizes and row estimates of their leaf partitions, at every level.
+_PARTITION_SIZES = """
+SELECT n.nspname || '.' || c.relname, sum(pg_catalog.pg_table_size(p.relid))::int8,
+       sum(pg_catalog.pg_indexes_size(p.relid))::int8, sum(GREATEST(pc.reltuples, 0))::int8
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL pg_catalog.pg_partition_tree(c.oid) p
+JOIN pg_catalog.pg_class pc ON pc.oid = p.relid
+WHERE c.oid = ANY(%s::oid[]) AND p.isleaf
+GROUP BY 1
+"""
+
 # Changes per second since the statistics were reset (or the server started): the load the sync must follow.
 _CHANGE_RATE = """
 SELECT (tup_inserted + tup_updated + tup_deleted)::float8
@@ -295,6 +320,7 @@ def _check_source(conn: psycopg.Connection[Any], inputs: Inputs, report: Report)
 
 
 def _size_facts(rows: list[tuple[Any, ...]], where: str, report: Report) -> None:
+    report.facts["table_sizes"] = {r[3]: [r[4], r[5], r[6]] for r in rows if r[0] in ("r", "p", "m")}
     report.facts["data_bytes"] = sum(r[4] for r in rows)
     report.facts["index_bytes"] = sum(r[5] for r in rows)
     report.facts["rows_estimate"] = sum(r[6] for r in rows if r[0] == "r")
@@ -520,6 +546,67 @@ def _check_disk(inputs: Inputs, report: Report) -> None:
             )
 
 
+def _measure_read(conn: psycopg.Connection[Any], inputs: Inputs, tables: list[catalog.Table],
+                  report: Report) -> None:
+    """Read the biggest table with COPY for up to `measure_seconds` (rows discarded, nothing written): the
+    source's read rate per job, which the dump estimate uses instead of the assumption."""
+    sizes = report.facts.get("table_sizes") or {}
+    biggest = max(tables, key=lambda t: (sizes.get(t.qualname) or [0])[0], default=None)
+    if inputs.measure_seconds <= 0 or biggest is None or not (sizes.get(biggest.qualname) or [0])[0]:
+        return
+    started, moved = time.monotonic(), 0
+    try:
+        with conn.cursor().copy(sql.SQL("COPY (SELECT * FROM {}) TO STDOUT").format(biggest.ident)) as copy:
+            for block in copy:  # leaving the block early cancels the rest of the COPY
+                moved += len(block)
+                if time.monotonic() - started >= inputs.measure_seconds:
+                    break
+    except psycopg.Error as exc:
+        report.warnings.append(f"could not measure a read of {biggest.qualname}: {exc.diag.message_primary}; "
+                               "the dump estimate uses the assumed rate")
+        return
+    elapsed = time.monotonic() - started
+    if moved and elapsed > 0:
+        rate = moved / elapsed / MB
+        report.facts["measured_read_mb_s"] = round(rate, 1)
+        report.facts["measured_read"] = f"{human_bytes(moved)} of {biggest.qualname} in {elapsed:.1f} s"
+
+
+def _plan(conn: psycopg.Connection[Any], inputs: Inputs, tables: list[catalog.Table], report: Report) -> None:
+    """What the migration will do, table by table, and the disk it needs: the plan a check-mode run prints."""
+    plan = _check(report, "the int -> bigint changes", f"source {db.describe(inputs.source)}",
+                  bigint.plan_bigint, conn, inputs.schemas or None, inputs.bigint_mode, inputs.bigint_include,
+                  inputs.bigint_exclude)
+    widened: dict[str, list[str]] = {}
+    for change in plan.columns if plan else []:
+        widened.setdefault(f"{change.schema}.{change.table}", []).append(change.column)
+    sizes = dict(report.facts.get("table_sizes") or {})
+    partitioned = [t for t in tables if t.partitioned]
+    if partitioned:  # a partitioned table holds no rows itself: its size is its partitions'
+        sizes.update(_check(report, "partition sizes", f"source {db.describe(inputs.source)}", lambda: {
+            name: [data, index, count] for name, data, index, count in conn.execute(_PARTITION_SIZES, (
+                [t.relid for t in partitioned],)).fetchall()}) or {})
+    rows = [("table", "size", "rows", "key", "int -> bigint")]
+    for t in sorted(tables, key=lambda t: (-(sizes.get(t.qualname) or [0])[0], t.qualname)):
+        data, index, count = sizes.get(t.qualname, [0, 0, 0])
+        key = ", ".join(t.key) if t.key else ("none: copied whole at cutover" if inputs.keyless_tables
+                                               == "copy_at_cutover" else "none: refused")
+        rows.append((t.qualname, f"{human_bytes(data)} + {human_bytes(index)} idx", f"~{count}", key,
+                     ", ".join(widened.get(t.qualname, [])) or "-"))
+    width = [max(len(r[i]) for r in rows) for i in range(4)]
+    report.plan = [f"{r[0]:<{width[0]}}  {r[1]:>{width[1]}}  {r[2]:>{width[2]}}  {r[3]:<{width[3]}}  {r[4]}"
+                   for r in rows]
+    if plan:
+        report.plan += [f"bigint: {len(plan.columns)} column(s), {len(plan.sequences)} sequence(s) widened"] + [
+            f"bigint: {w}" for w in plan.warnings]
+    required = report.facts.get("disk_required_bytes")
+    if required is not None:
+        for label, var, free in (("source host", inputs.dump_dir, inputs.dump_dir_free_bytes),
+                                 ("replication host", inputs.replication_dir, inputs.replication_dir_free_bytes)):
+            report.plan.append(f"disk needed on the {label} at {var}: {human_bytes(required)}"
+                               + (f" ({human_bytes(free)} free)" if free is not None else ""))
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
@@ -540,7 +627,8 @@ def _estimate(a: Assumptions, report: Report) -> None:
         return
     index = report.facts.get("index_bytes", 0)
     dump_bytes = data * a.compression_factor
-    dump = data / (a.dump_mb_s_per_job * MB * a.dump_jobs)
+    read_mb_s = report.facts.get("measured_read_mb_s") or a.dump_mb_s_per_job
+    dump = data / (read_mb_s * MB * a.dump_jobs)
     transfer = dump_bytes / (a.transfer_mb_s * MB)
     restore = data / (a.restore_mb_s_per_job * MB * a.restore_jobs)
     indexes = index / (a.index_mb_s_per_job * MB * a.restore_jobs)
@@ -555,8 +643,9 @@ def _estimate(a: Assumptions, report: Report) -> None:
                                "real apply rate (bench/) and set preflight_apply_rows_s")
     mb = data / MB
     report.estimates = [
-        {"phase": "dump", "seconds": dump, "basis": f"{mb:.0f} MiB at {a.dump_mb_s_per_job:g} MiB/s x "
-                                                    f"{a.dump_jobs} jobs"},
+        {"phase": "dump", "seconds": dump, "basis": f"{mb:.0f} MiB at {read_mb_s:g} MiB/s x {a.dump_jobs} jobs"
+                                                    + (f" (measured: {report.facts['measured_read']})"
+                                                       if "measured_read" in report.facts else " (assumed)")},
         {"phase": "transfer", "seconds": transfer, "basis": f"{dump_bytes / MB:.0f} MiB compressed at "
                                                             f"{a.transfer_mb_s:g} MiB/s"},
         {"phase": "restore data", "seconds": restore, "basis": f"{mb:.0f} MiB at {a.restore_mb_s_per_job:g} "

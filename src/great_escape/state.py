@@ -13,6 +13,7 @@ from .errors import SyncError
 
 SCHEMA = "great_escape"
 CUTOVER_TABLE = "cutover_state"
+STATE_TABLES = ("sync_state", "sync_tables")
 
 _DDL = (
     "CREATE TABLE IF NOT EXISTS {schema}.sync_state ("
@@ -27,19 +28,98 @@ _DDL = (
 )
 
 
+def _exists(conn: psycopg.Connection[Any], kind: str, name: str) -> bool:
+    func = "to_regnamespace" if kind == "schema" else "to_regclass"
+    row = conn.execute(sql.SQL("SELECT pg_catalog.{}(%s) IS NOT NULL").format(sql.Identifier(func)),
+                       (name,)).fetchone()
+    return bool(row and row[0])
+
+
+def _tables_exist(conn: psycopg.Connection[Any]) -> bool:
+    return all(_exists(conn, "table", sql.Identifier(SCHEMA, t).as_string(conn)) for t in STATE_TABLES)
+
+
 def ensure(conn: psycopg.Connection[Any]) -> None:
-    """Create the progress tables if missing (committed at once)."""
+    """Make sure the progress tables exist (committed at once). Where they do (prepare() made them), nothing
+    is created and no privilege beyond writing them is needed: the sync user has no CREATE on the database.
+    The schema is created here only by a user that may (the cutover's admin on the source)."""
+    where = f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}"
     try:
         with conn.transaction():
+            if _tables_exist(conn):
+                return
             capture.allow_ddl(conn)  # past the schema freeze: the reverse sync records progress on the source
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
+            if not _exists(conn, "schema", SCHEMA):
+                conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SCHEMA)))
             for ddl in _DDL:
                 conn.execute(sql.SQL(ddl).format(schema=sql.Identifier(SCHEMA)))
     except psycopg.errors.InsufficientPrivilege as exc:
         raise SyncError(
-            f"cannot create schema {SCHEMA} on {conn.info.host}:{conn.info.port}/{conn.info.dbname} as "
-            f"{conn.info.user}: {exc.diag.message_primary}; grant CREATE on the database to this user "
-            "(the prepare-target phase does)") from exc
+            f"cannot create the progress tables in schema {SCHEMA} on {where} as {conn.info.user}: "
+            f"{exc.diag.message_primary}; the prepare-target phase (playbooks/02_prepare_target.yml) creates "
+            "them on the target, the cutover on the source (state.prepare)") from exc
+
+
+def prepare(conn: psycopg.Connection[Any], user: str) -> list[str]:
+    """As an admin of this database (the target's master; the source's owner at cutover): the state schema
+    and its progress tables, written by `user` (USAGE and CREATE on that schema, DML on the tables), so the
+    sync needs no CREATE on the database. A schema `user` already owns (made by an earlier version) is left
+    as it is. Idempotent; returns what it changed. Runs in its own transaction."""
+    done: list[str] = []
+    schema, grantee = sql.Identifier(SCHEMA), sql.Identifier(user)
+    with conn.transaction():
+        capture.allow_ddl(conn)
+        owner = conn.execute("SELECT pg_catalog.pg_get_userbyid(nspowner) FROM pg_catalog.pg_namespace "
+                             "WHERE nspname = %s", (SCHEMA,)).fetchone()
+        if owner and owner[0] == user:
+            return done
+        if owner is None:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
+            done.append(f"create schema {SCHEMA}")
+        conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(schema))
+        if not _has(conn, "schema", user, SCHEMA, "USAGE, CREATE"):
+            conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(schema, grantee))
+            done.append(f"grant USAGE, CREATE on schema {SCHEMA} to {user}")
+        missing = [t for t in STATE_TABLES if not _exists(conn, "table", sql.Identifier(SCHEMA, t).as_string(conn))]
+        for ddl in _DDL:
+            conn.execute(sql.SQL(ddl).format(schema=schema))
+        if missing:
+            done.append(f"create tables {', '.join(missing)} in schema {SCHEMA}")
+        for table in STATE_TABLES:
+            qualified = sql.Identifier(SCHEMA, table)
+            if not _has(conn, "table", user, qualified.as_string(conn), "SELECT, INSERT, UPDATE, DELETE"):
+                conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(qualified, grantee))
+                done.append(f"grant SELECT, INSERT, UPDATE, DELETE on {SCHEMA}.{table} to {user}")
+    return done
+
+
+def _has(conn: psycopg.Connection[Any], kind: str, user: str, name: str, privileges: str) -> bool:
+    """Whether `user` holds every one of `privileges` (has_*_privilege with a list says whether any)."""
+    func = sql.Identifier(f"has_{kind}_privilege")
+    for privilege in privileges.split(","):
+        row = conn.execute(sql.SQL("SELECT pg_catalog.{}(%s, %s, %s)").format(func),
+                           (user, name, privilege.strip())).fetchone()
+        if not (row and row[0]):
+            return False
+    return True
+
+
+def prepare_target(conn: psycopg.Connection[Any], user: str) -> list[str]:
+    """The prepare-target phase's privileges for the replication user, as the master (the role itself is
+    made by the playbook): CONNECT and TEMPORARY on the database and no more (CREATE, which earlier versions
+    granted, is revoked), and the state schema (prepare). Table privileges come with the restore
+    (restore.grant_user). Idempotent; returns what it changed."""
+    done: list[str] = []
+    db_ident, grantee = sql.Identifier(conn.info.dbname), sql.Identifier(user)
+    with conn.transaction():
+        # Granted even where PUBLIC holds them (the default), so revoking them from PUBLIC leaves the sync be.
+        if not _has(conn, "database", user, conn.info.dbname, "CONNECT, TEMPORARY"):
+            done.append(f"grant CONNECT, TEMPORARY on database {conn.info.dbname} to {user}")
+        conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(db_ident, grantee))
+        if _has(conn, "database", user, conn.info.dbname, "CREATE"):
+            conn.execute(sql.SQL("REVOKE CREATE ON DATABASE {} FROM {}").format(db_ident, grantee))
+            done.append(f"revoke CREATE on database {conn.info.dbname} from {user}")
+    return done + prepare(conn, user)
 
 
 def record_batch(conn: psycopg.Connection[Any], name: str, direction: str, per_table: dict[str, tuple[int, int]],
@@ -103,3 +183,35 @@ def read_cutover(conn: psycopg.Connection[Any], name: str) -> dict[str, Any]:
 def sending_side(direction: str) -> str:
     """The side that must be live for a sync of `direction` to run."""
     return "source" if direction == "forward" else "target"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m great_escape.state prepare-target`: the request on standard input (never in argv, it holds
+    a password) as JSON {"target": {libpq parameters of the master}, "user": replication user}; prints
+    {"actions": [...]} or {"error": ...} and exits 1."""
+    import argparse
+    import json
+    import sys
+
+    from . import db
+    from .errors import GreatEscapeError
+
+    parser = argparse.ArgumentParser(prog="great_escape.state")
+    parser.add_argument("action", choices=["prepare-target"])
+    parser.parse_args(argv)
+    try:
+        req = json.loads(sys.stdin.read())
+        with db.connect(req["target"], "prepare-target") as conn:
+            actions = prepare_target(conn, req["user"])
+    except KeyError as exc:
+        print(json.dumps({"error": f"the request lacks {exc}; expected target and user"}))
+        return 1
+    except (GreatEscapeError, psycopg.Error, ValueError) as exc:
+        print(json.dumps({"error": str(exc)}))
+        return 1
+    print(json.dumps({"actions": actions}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -31,9 +31,10 @@ _RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\
 # values in the two modes of roles/aurora_parameter_group.
 CLUSTER = "ge-moto-demo"
 GROUP = "ge-moto-demo-aurora-postgresql15"
+# rds.force_ssl = 1 in both modes (aurora_parameter_group_common): Aurora accepts only TLS (issue 13 item 4).
 PRODUCTION = {"synchronous_commit": "on", "autovacuum": "1",
-              "maintenance_work_mem": "GREATEST({DBInstanceClassMemory*1024/63963136},65536)"}
-BULK_LOAD = {"synchronous_commit": "off", "autovacuum": "0", "maintenance_work_mem": "2097152"}
+              "maintenance_work_mem": "GREATEST({DBInstanceClassMemory*1024/63963136},65536)", "rds.force_ssl": "1"}
+BULK_LOAD = {"synchronous_commit": "off", "autovacuum": "0", "maintenance_work_mem": "2097152", "rds.force_ssl": "1"}
 
 
 @dataclass

@@ -24,12 +24,10 @@ def make_config(pair: DbPair, state_dir: Path, **overrides: Any) -> config.Confi
 
 
 def setup_schema(pair: DbPair, source_ddl: str, target_ddl: str | None = None) -> None:
-    """DDL on the source; the same (or `target_ddl`) on the target as its master, then grants."""
+    """DDL on the source; the same (or `target_ddl`) on the target as its master, then the restore's grants."""
     pair.sql_source(source_ddl)
     pair.sql_target(target_ddl or source_ddl)
     pair.grant_repl()
-    pair.sql_target(sql.SQL("GRANT CREATE ON DATABASE {} TO ge_repl").format(
-        sql.Identifier(pair.target["dbname"])).as_string(None))
 
 
 def carry_access(pair: DbPair, application_roles: tuple[str, ...] = ()) -> access.Plan:

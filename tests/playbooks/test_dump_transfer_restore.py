@@ -17,7 +17,8 @@ from tests.conftest import REPL_USER
 
 pytestmark = pytest.mark.slow
 
-FAST = {"dump_poll_interval": 1, "transfer_poll_interval": 1, "restore_poll_interval": 1}
+# The pg_dump copy method: these tests follow the data section through dump, transfer and restore.
+FAST = {"dump_poll_interval": 1, "transfer_poll_interval": 1, "restore_poll_interval": 1, "ge_copy_method": "pg_dump"}
 
 SOURCE_SCHEMA = """
 CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL);

@@ -83,7 +83,7 @@ def test_migrate_killed_during_dump_and_restore_then_run_again(dbpair, run_playb
     workload = _workload(dbpair)
     try:
         _run_until(cmd, env, "TASK [dump : Follow pg_dump until it ends]", 0.5)
-        _run_until(cmd, env, "TASK [restore : Run pg_restore for the data]", 1.0)
+        _run_until(cmd, env, "TASK [restore : Follow the chunked copy until it ends]", 1.0)
         run_playbook("migrate.yml", extra={"ge_sync_max_lag": 5})
     finally:
         workload.send_signal(signal.SIGTERM)

@@ -62,8 +62,11 @@ def test_local_clusters_start_once(dbpair, run_playbook, tmp_path):
     root = Path("/var/tmp/great-escape-tests") / f"local-{dbpair.source['dbname']}"
     # Fixed ports can be taken by any client's ephemeral port: take two that are free now.
     source_port, target_port = [p for p in range(57210, 57300) if port_free(p)][:2]
+    # The role starts the clusters with TLS from a CA of its own, in ge_local_root/tls, as inventories/local says.
+    ca = str(root / "tls/ca.crt")
     inventory = write_inventory(tmp_path / "inv", dbpair, root, ge_local_clusters=True,
-                                ge_source_port=source_port, ge_target_port=target_port)
+                                ge_source_port=source_port, ge_target_port=target_port,
+                                ge_source_sslrootcert=ca, ge_target_sslrootcert=ca)
     clusters = [LocalCluster(root / "source", source_port, "source"),
                 LocalCluster(root / "aurora", target_port, "aurora")]
     try:

@@ -1,0 +1,448 @@
+"""The chunked, parallel initial copy of the data: source tables straight into the target's, in one snapshot.
+
+    great-escape copy --config FILE [--jobs N] [--chunk-bytes BYTES] [--state-dir DIR]
+    great-escape copy --progress --state-dir DIR          # JSON: bytes_done, bytes_total, per table
+
+Run on the replication host after capture is installed (DESIGN.md invariant 1) and the target's schema is
+restored without indexes (pre-data, bigint step); post-data comes after. Process tree:
+
+    coordinator   (this module) plans (copyplan.py), holds the exported snapshot, hands out chunks over one
+                  pipe per worker, replaces workers that die, writes progress (copyprogress.py)
+    worker x N    (copyworker.py, a process each, killed with the coordinator)
+                  per chunk: source BEGIN REPEATABLE READ READ ONLY + SET TRANSACTION SNAPSHOT, then
+                  COPY (SELECT cols FROM t WHERE range) TO STDOUT streamed block by block into
+                  COPY t (cols) FROM STDIN on the target, whose transaction also inserts the chunk's marker
+
+Exactly once: a chunk's rows and its marker commit together, the marker's primary key refuses a second load,
+and a run loads only chunks without a marker. A worker that dies has its chunk handed to a new worker under
+the same snapshot. When the coordinator dies the snapshot dies with it, and a rerun exports a new one, S:
+- Key-range and whole-table chunks loaded under an older snapshot are kept. Each key value belongs to exactly
+  one key range, so no key is loaded twice; but the table now holds rows of several snapshots. Capture was
+  installed and committed before the first snapshot, so every row changed since then has its key in the
+  table's delta table (apply.py: the delta holds the key of each changed row, old and new key for a key
+  change; the sync replays deltas by key from the start of capture and deletes them only once applied, so
+  before the sync ran they are all there). Once every chunk is loaded, the coordinator, still in S, deletes
+  those keys on the target and inserts the source's rows for them as of S (_reconcile): rows changed since
+  capture started are then as in S, rows never changed are alike in every snapshot, so the table equals S.
+  That matters before the sync: post-data builds unique indexes and validates foreign keys across tables.
+- ctid chunks are not safe across snapshots: an updated row moves to another ctid, so it could be loaded by
+  two chunks. A ctid-split table with some but not all chunks loaded under an older snapshot is emptied
+  (TRUNCATE on the target, markers deleted, in one transaction) and all its chunks copied again in S.
+- Tables whose changes are not all in a delta table (not captured: no key, excluded, or a copy run with
+  --without-capture; or a TRUNCATE event pending) are emptied and copied again in S the same way.
+Binary COPY where every column has the same built-in type on both sides; text otherwise (int -> bigint),
+with the session settings db.connect() pins on both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing as mp
+import multiprocessing.connection as mp_connection
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from . import capture, catalog, copyplan, copyprogress, db
+from . import config as configmod
+from .apply import _cols, _from, _join, stream
+from .catalog import Table
+from .copyplan import Chunk, CopyError
+from .copyworker import worker_main
+
+log = logging.getLogger("great_escape.copy")
+
+DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
+REPORT_SECONDS = 1.0
+
+
+@dataclass
+class Options:
+    jobs: int = 2
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    state_dir: Path | None = None  # default: the configuration's state_dir
+    require_capture: bool = True  # False only for benchmarks: then it is not a migration's initial copy
+    worker_restarts: int = 3  # per job, for workers that die
+
+
+@dataclass
+class Summary:
+    chunks_total: int = 0
+    chunks_skipped: int = 0  # marked loaded by an earlier run
+    chunks_copied: int = 0
+    rows: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    snapshot: str = ""
+    snapshots: int = 1  # distinct snapshots the target's loaded chunks were read in
+    recopied_tables: list[str] = field(default_factory=list)  # emptied and copied again whole
+    reconciled_tables: list[str] = field(default_factory=list)  # older snapshots' rows made current
+    copied: list[str] = field(default_factory=list)  # table#chunk of this run
+
+
+# ---------------------------------------------------------------- coordinator
+
+def _tables(source: psycopg.Connection[Any], target: psycopg.Connection[Any], cfg: configmod.Config,
+            require_capture: bool) -> tuple[list[Table], dict[str, Table]]:
+    """The tables pg_dump's data section would hold (the configured schemas), checked against the target
+    and against capture."""
+    tables = catalog.list_tables(source, cfg.schemas or None)
+    tgt = {t.qualname: t for t in catalog.list_tables(target, cfg.schemas or None)}
+    missing = [t.qualname for t in tables if t.qualname not in tgt]
+    if missing:
+        raise CopyError(f"table(s) missing on the target: {', '.join(missing[:10])}; restore the schema "
+                        "(pre-data) first")
+    for t in tables:
+        absent = [c for c in t.copy_columns if c not in {col.name for col in tgt[t.qualname].columns}]
+        if absent:
+            raise CopyError(f"table {t.qualname}: column(s) {absent} missing on the target; restore the same "
+                            "schema on both sides")
+    if require_capture:
+        registered = set(capture.registered(source))
+        excluded = set(cfg.exclude_tables)
+        uncaptured = [t.qualname for t in tables if t.key and t.qualname not in excluded
+                      and t.relid not in registered]
+        if uncaptured:
+            raise CopyError(f"capture is not installed on {len(uncaptured)} table(s) "
+                            f"({', '.join(uncaptured[:10])}): changes made during the copy would be lost. "
+                            "Run the capture phase (playbooks/03_capture.yml) first")
+    source.rollback()
+    target.rollback()
+    return tables, tgt
+
+
+def _prepare_target(target: psycopg.Connection[Any], name: str, tables: list[Table], tgt: dict[str, Table],
+                    planned: list[Chunk], snapshot: str, reconcilable: set[int],
+                    summary: Summary) -> tuple[list[Chunk], dict[tuple[str, int], str]]:
+    """Empty the tables whose chunks loaded under another snapshot cannot be made current (ctid-split and
+    loaded in part, or not reconcilable: see the module docstring); refuse tables that hold rows this copy
+    did not load. Returns the chunks still to copy and the markers kept."""
+    done = copyplan.loaded(target, name)
+    by_table: dict[str, list[Chunk]] = {}
+    for c in planned:
+        by_table.setdefault(c.table, []).append(c)
+    for t in tables:
+        chunks = by_table.get(t.qualname, [])
+        marked = [c for c in chunks if (c.table, c.chunk) in done]
+        stale = any(done[(c.table, c.chunk)] != snapshot for c in marked)
+        half_ctid = 0 < len(marked) < len(chunks) and chunks[0].kind == "ctid"
+        if stale and (half_ctid or t.relid not in reconcilable):
+            with target.transaction():
+                target.execute(sql.SQL("TRUNCATE {}").format(tgt[t.qualname].ident))
+                copyplan.forget_table(target, name, t.qualname)
+            for c in marked:
+                del done[(c.table, c.chunk)]
+            summary.recopied_tables.append(t.qualname)
+            log.info("%s: loaded %s under an earlier snapshot: emptied, copied again whole", t.qualname,
+                     "in part, split by ctid," if half_ctid else "without capture (or truncated since)")
+        elif not marked:
+            row = target.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(_from(tgt[t.qualname])))
+            found = row.fetchone()
+            if found and found[0]:
+                raise CopyError(
+                    f"table {t.qualname} on the target already holds rows that this copy did not load (no chunk "
+                    f"of it is marked in {copyplan.SCHEMA}.{copyplan.CHUNKS_TABLE} for {name}). Nothing was "
+                    f"copied. If they are left from an earlier attempt, empty it (TRUNCATE {t.qualname}) and "
+                    "copy again; otherwise copy into an empty database")
+    todo = [c for c in planned if (c.table, c.chunk) not in done]
+    return copyplan.biggest_first(todo), done
+
+
+def _reconcilable(source: psycopg.Connection[Any], tables: list[Table]) -> set[int]:
+    """Tables whose every change since capture started is in their delta table, read in the current snapshot:
+    captured, with a key, and no TRUNCATE event pending (a truncate leaves no keys behind)."""
+    registered = set(capture.registered(source))
+    truncated: set[int] = set()
+    if registered:
+        truncated = {r[0] for r in source.execute(sql.SQL("SELECT DISTINCT relid::int8 FROM {}").format(
+            sql.Identifier(capture.SCHEMA, "truncates"))).fetchall()}
+    return {t.relid for t in tables if t.key and t.relid in registered and t.relid not in truncated}
+
+
+def _reconcile(source: psycopg.Connection[Any], target: psycopg.Connection[Any], src: Table, tgt: Table) -> int:
+    """Make the rows of a table loaded in part under older snapshots those of the current one: every key in
+    the delta table (every row changed since capture started) is deleted on the target and the source's row
+    in this snapshot inserted. Rows not changed since capture are alike in every snapshot. The deltas stay
+    for the sync, whose replay of them is then a no-op. Returns the rows inserted."""
+    delta = sql.Identifier(capture.SCHEMA, capture.delta_name(src.relid))
+    keys = capture.delta_keys(src.key)
+    keytab = sql.Identifier(f"ge_copy_keys_{src.relid}")
+    with target.transaction():
+        target.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+            keytab, _cols(src.key), tgt.ident))
+        stream(source, target, sql.SQL("SELECT DISTINCT {} FROM {}").format(keys, delta), keytab, src.key)
+        target.execute(sql.SQL("DELETE FROM {} t USING {} k WHERE {}").format(_from(tgt), keytab,
+                                                                             _join(src.key, "t", "k")))
+        return stream(source, target, sql.SQL("SELECT {} FROM {} WHERE ({}) IN (SELECT {} FROM {})").format(
+            _cols(src.copy_columns), _from(src), _cols(src.key), keys, delta), tgt.ident, src.copy_columns)
+
+
+def run(cfg: configmod.Config, opts: Options) -> Summary:
+    """Copy every table's data from cfg.source to cfg.target, resuming from the target's markers."""
+    started = time.monotonic()
+    state_dir = opts.state_dir or cfg.state_dir
+    summary = Summary()
+    purpose = f"copy {cfg.name}"
+    source = db.connect(cfg.source, purpose)
+    target = db.connect(cfg.target, purpose, autocommit=True)  # each change an explicit transaction
+    try:
+        tables, tgt = _tables(source, target, cfg, opts.require_capture)
+        copyplan.ensure_state(target)
+        if not _lock(target, cfg.name):
+            raise CopyError(f"another copy of {cfg.name} is running against {db.describe(cfg.target)}; wait for it "
+                            "or stop it first (one copy per migration)")
+        previous = copyplan.finished(target, cfg.name)
+        if previous is not None:
+            # Finished: the sync may be applying changes by now, so nothing is copied or reconciled again.
+            summary.chunks_total = summary.chunks_skipped = len(copyplan.loaded(target, cfg.name))
+            summary.snapshot = previous
+            log.info("copy %s: finished before (snapshot %s); nothing to do. To copy again, empty the target's "
+                     "tables and delete the rows of %s in %s.copy_done and %s.copy_chunks", cfg.name, previous,
+                     cfg.name, copyplan.SCHEMA, copyplan.SCHEMA)
+            return summary
+        with target.transaction():
+            planned = copyplan.load_plan(target, cfg.name)
+            known = {c.table for c in planned}
+            new = [t for t in tables if t.qualname not in known]
+            if new:
+                fresh = copyplan.plan(source, new, opts.chunk_bytes)
+                copyplan.save_plan(target, cfg.name, fresh)
+                planned += fresh
+        in_scope = {t.qualname for t in tables}
+        planned = [c for c in planned if c.table in in_scope]
+        summary.chunks_total = len(planned)
+        # The snapshot: after capture (checked above), held until every chunk is read.
+        source.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        source.read_only = True
+        source.execute("SET idle_in_transaction_session_timeout = 0")
+        row = source.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()
+        assert row is not None
+        snapshot = summary.snapshot = str(row[0])
+        reconcilable = _reconcilable(source, tables)
+        todo, done = _prepare_target(target, cfg.name, tables, tgt, planned, snapshot, reconcilable, summary)
+        summary.chunks_skipped = len(planned) - len(todo)
+        log.info("copy %s: %d chunk(s) in %d table(s), %d loaded by earlier runs, %d to copy with %d job(s), "
+                 "snapshot %s", cfg.name, len(planned), len(tables), summary.chunks_skipped, len(todo), opts.jobs,
+                 snapshot)
+        tracker = copyprogress.Tracker(state_dir, planned, done)
+        replica = _has_triggers(target, tgt)
+        if todo:
+            _run_workers(cfg, opts, snapshot, todo, tracker, summary, replica)
+        stale = sorted({table for (table, _), snap in done.items() if snap != snapshot and table in in_scope})
+        if stale and replica:  # the target's triggers must not fire (DESIGN.md invariant 6)
+            db.set_replica_role(target, cfg.target_replica_role_function)
+        for name in stale:
+            src = next(t for t in tables if t.qualname == name)
+            rows = _reconcile(source, target, src, tgt[name])
+            summary.reconciled_tables.append(name)
+            log.info("%s: loaded in part under an earlier snapshot; %d changed row(s) made current", name, rows)
+        snapshots = target.execute(sql.SQL("SELECT count(DISTINCT snapshot) FROM {} WHERE name = %s").format(
+            sql.Identifier(copyplan.SCHEMA, copyplan.CHUNKS_TABLE)), (cfg.name,)).fetchone()
+        target.rollback()
+        summary.snapshots = int(snapshots[0]) if snapshots else 1
+        copyplan.mark_finished(target, cfg.name, snapshot)
+        summary.seconds = round(time.monotonic() - started, 3)
+        tracker.write("done")
+        return summary
+    except BaseException:
+        try:
+            copyprogress.Tracker.fail(state_dir)
+        except Exception:  # noqa: BLE001 - the original error matters more
+            pass
+        raise
+    finally:
+        source.close()
+        target.close()
+
+
+def _lock(target: psycopg.Connection[Any], name: str, wait: float = 10.0) -> bool:
+    """One coordinator per migration: a session advisory lock on the target. A killed coordinator's session
+    may take a moment to end, so wait a little for it."""
+    deadline = time.monotonic() + wait
+    while True:
+        row = target.execute("SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext(%s))",
+                             (f"great-escape copy {name}",)).fetchone()
+        if row and row[0]:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
+def _run_workers(cfg: configmod.Config, opts: Options, snapshot: str, todo: list[Chunk], tracker: copyprogress.Tracker,
+                 summary: Summary, replica: bool) -> None:
+    """Hand the chunks, biggest first, to `opts.jobs` worker processes; replace a worker that dies and hand
+    its chunk out again (the snapshot is still held here, so it is read in the same snapshot)."""
+    ctx = mp.get_context("spawn")  # a fresh interpreter: no connection of the coordinator's is inherited
+    raw = _config_dict(cfg)
+    pending = deque(todo)
+    jobs = max(1, min(opts.jobs, len(todo)))
+    workers: dict[int, tuple[Any, Any]] = {}  # id -> (process, pipe)
+    assigned: dict[int, Chunk | None] = {}
+    restarts = 0
+    next_id = 0
+
+    def spawn() -> None:
+        nonlocal next_id
+        ours, theirs = ctx.Pipe()
+        p = ctx.Process(target=worker_main, args=(raw, snapshot, theirs, next_id, replica), daemon=True,
+                        name=f"great-escape copy worker {next_id}")
+        p.start()
+        theirs.close()
+        workers[next_id] = (p, ours)
+        assigned[next_id] = None
+        next_id += 1
+
+    def hand_out(wid: int) -> None:
+        chunk = pending.popleft() if pending else None
+        assigned[wid] = chunk
+        try:
+            workers[wid][1].send(None if chunk is None else asdict(chunk))
+        except OSError:  # it died meanwhile
+            died(wid)
+            return
+        if chunk is not None:
+            tracker.start(chunk.label)
+
+    def died(wid: int) -> None:
+        nonlocal restarts
+        p, pipe = workers.pop(wid)
+        pipe.close()
+        p.join(5)
+        lost = assigned.pop(wid, None)
+        if lost is None and p.exitcode == 0:
+            return
+        restarts += 1
+        if restarts > opts.worker_restarts * jobs:
+            raise CopyError(f"copy {cfg.name}: workers keep dying (the last with exit code {p.exitcode}); see the "
+                            "log, then run the copy again: it resumes")
+        log.warning("copy worker %d died (exit code %s)%s; starting another", wid, p.exitcode,
+                    f" while loading {lost.label}: handed out again" if lost else "")
+        if lost is not None:
+            tracker.finish(lost.label, 0, 0, loaded=False)
+            pending.appendleft(lost)
+        if pending:
+            spawn()
+
+    for _ in range(jobs):
+        spawn()
+    remaining = len(todo)
+    last_write = 0.0
+    try:
+        while remaining:
+            if not workers:
+                raise CopyError(f"copy {cfg.name}: no worker left with {remaining} chunk(s) to copy")
+            by_pipe = {pipe: wid for wid, (_, pipe) in workers.items()}
+            for pipe in mp_connection.wait(list(by_pipe), timeout=REPORT_SECONDS):
+                wid = by_pipe[pipe]
+                try:
+                    kind, label, payload = pipe.recv()
+                except (EOFError, OSError):
+                    died(wid)
+                    continue
+                if kind == "bytes":
+                    tracker.bytes(label, payload)
+                    continue
+                if kind == "error":
+                    where = f"chunk {label}" if label else "a worker"
+                    raise CopyError(f"copy {cfg.name}: {where} failed: {payload}. Nothing of that chunk was loaded; "
+                                    "fix the cause and run the copy again: it resumes from the chunks marked loaded")
+                if kind in ("done", "skip"):
+                    rows, nbytes = payload if kind == "done" else (0, 0)
+                    tracker.finish(label, rows, nbytes)
+                    remaining -= 1
+                    if kind == "done":
+                        summary.chunks_copied += 1
+                        summary.rows += rows
+                        summary.bytes += nbytes
+                        summary.copied.append(label)
+                hand_out(wid)  # after ready, done or skip
+            if time.monotonic() - last_write >= REPORT_SECONDS:
+                tracker.write("running")
+                last_write = time.monotonic()
+    finally:
+        for _p, pipe in workers.values():
+            try:
+                pipe.send(None)  # a busy worker finishes its chunk first
+            except OSError:
+                pass
+        deadline = time.monotonic() + 10
+        for p, pipe in workers.values():
+            p.join(max(0.1, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+            pipe.close()
+
+
+def _has_triggers(target: psycopg.Connection[Any], tgt: dict[str, Table]) -> bool:
+    """Whether any target table has a trigger (foreign keys included). Before post-data none has, and the
+    copy needs no session_replication_role; otherwise workers switch to replica (DESIGN.md invariant 6)."""
+    row = target.execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = ANY(%s::oid[]))",
+                         ([t.relid for t in tgt.values()],)).fetchone()
+    return bool(row and row[0])
+
+
+def _config_dict(cfg: configmod.Config) -> dict[str, Any]:
+    fn = cfg.replica_role_function
+    return {"name": cfg.name, "source": cfg.source, "target": cfg.target, "schemas": cfg.schemas,
+            "exclude_tables": cfg.exclude_tables, "keyless_tables": cfg.keyless_tables,
+            "state_dir": str(cfg.state_dir),
+            "replica_role_function": None if fn is None else {"schema": fn.schema, "owner": fn.owner}}
+
+
+# ---------------------------------------------------------------- command line
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser("copy", help="chunked parallel initial copy of the data (resumable), or its progress")
+    parser.add_argument("--config", help="the engine configuration (source and target connections)")
+    parser.add_argument("--jobs", type=int, default=2, help="parallel workers, each one source and one target "
+                        "connection (default 2)")
+    parser.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES,
+                        help=f"split tables larger than this (pg_table_size) into chunks of about this size "
+                             f"(default {DEFAULT_CHUNK_BYTES}); a rerun keeps the plan recorded by the first run")
+    parser.add_argument("--state-dir", help="where progress is written (default: state_dir of the configuration)")
+    parser.add_argument("--progress", action="store_true", help="print the progress as JSON and exit")
+    parser.add_argument("--without-capture", action="store_true",
+                        help="copy even where capture is not installed (benchmarks only: changes during the copy "
+                             "are not recorded)")
+    parser.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.progress:
+        if not args.state_dir and not args.config:
+            raise CopyError("copy --progress needs --state-dir (or --config)")
+        state_dir = Path(args.state_dir) if args.state_dir else configmod.load(args.config).state_dir
+        snap = copyprogress.read_progress(state_dir)
+        if not args.verbose:
+            snap.pop("tables", None)
+        print(json.dumps(snap))
+        return 0
+    if not args.config:
+        raise CopyError("copy needs --config (the engine configuration with source and target)")
+    if args.jobs < 1 or args.chunk_bytes < 1:
+        raise CopyError("copy: --jobs and --chunk-bytes must be positive")
+    cfg = configmod.load(args.config)
+    opts = Options(jobs=args.jobs, chunk_bytes=args.chunk_bytes,
+                   state_dir=Path(args.state_dir) if args.state_dir else None,
+                   require_capture=not args.without_capture)
+    summary = run(cfg, opts)
+    out = asdict(summary)
+    out["copied"] = len(summary.copied)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - the console script is `great-escape copy`
+    from .cli import main
+
+    sys.exit(main(["copy", *sys.argv[1:]]))

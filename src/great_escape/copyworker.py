@@ -1,0 +1,131 @@
+"""A worker of the chunked copy (copy.py), one process each: loads the chunks the coordinator sends, every one in
+a source transaction that imports the coordinator's exported snapshot and one target transaction that also
+inserts the chunk's marker.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import time
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from . import catalog, copyplan, db
+from . import config as configmod
+from .apply import _cols, _from
+from .catalog import Table
+from .copyplan import Chunk
+
+WRITE_BYTES = 256 * 1024  # bytes gathered per write into the target COPY
+REPORT_SECONDS = 1.0  # at most one progress report per chunk and second
+FIRST_NORMAL_OID = 16384  # types below are built in: the same oid and binary format on every server
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the coordinator dies, so no worker outlives its snapshot."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def _binary_ok(source: psycopg.Connection[Any], target: psycopg.Connection[Any], src: Table, tgt: Table) -> bool:
+    """Binary COPY only when each copied column has the same built-in type on both sides."""
+    query = ("SELECT attname, atttypid::int8, pg_catalog.format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute "
+             "WHERE attrelid = %s::oid AND attnum > 0 AND NOT attisdropped")
+    s = {r[0]: (r[1], r[2]) for r in source.execute(query, (src.relid,)).fetchall()}
+    t = {r[0]: (r[1], r[2]) for r in target.execute(query, (tgt.relid,)).fetchall()}
+    return all(c in s and c in t and s[c] == t[c] and s[c][0] < FIRST_NORMAL_OID for c in src.copy_columns)
+
+
+def copy_chunk(source: psycopg.Connection[Any], target: psycopg.Connection[Any], src: Table, tgt: Table,
+               chunk: Chunk, snapshot: str, name: str, report: Any = None) -> tuple[int, int]:
+    """Load one chunk in one target transaction with its marker; returns (rows, bytes). Both connections
+    must be idle; the source is left idle, the target committed."""
+    source.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+    binary = _binary_ok(source, target, src, tgt)
+    fmt = sql.SQL(" (FORMAT binary)" if binary else "")
+    query = sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT{}").format(
+        _cols(src.copy_columns), _from(src), copyplan.range_filter(src, chunk), fmt)
+    load = sql.SQL("COPY {} ({}) FROM STDIN{}").format(tgt.ident, _cols(src.copy_columns), fmt)
+    nbytes = 0
+    buf = bytearray()
+    last = time.monotonic()
+    try:
+        with target.transaction():
+            with source.cursor() as scur, target.cursor() as tcur, scur.copy(query) as out, tcur.copy(load) as inp:
+                for block in out:
+                    buf += block
+                    if len(buf) >= WRITE_BYTES:
+                        inp.write(buf)
+                        nbytes += len(buf)
+                        buf.clear()
+                        if report is not None and time.monotonic() - last >= REPORT_SECONDS:
+                            report(nbytes)
+                            last = time.monotonic()
+                if buf:
+                    inp.write(buf)
+                    nbytes += len(buf)
+                rows = scur.rowcount  # set by the end of COPY TO (a closed cursor forgets it)
+            copyplan.mark_loaded(target, name, chunk, rows, nbytes, snapshot)
+    finally:
+        source.rollback()  # read only: ends the snapshot's transaction
+    return rows, nbytes
+
+
+def worker_main(cfg_raw: dict[str, Any], snapshot: str, conn: Any, worker_id: int, replica: bool) -> None:
+    """Load the chunks the coordinator sends on `conn` until None. Reports on the same pipe: ("ready"|"bytes"|
+    "done"|"skip"|"error", chunk label, payload). One pipe per worker, no shared queue: a worker killed at any
+    moment leaves no lock held that the others would wait for."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides; a ^C reaches it too
+    cfg = configmod.from_dict(cfg_raw)
+    purpose = f"copy {cfg.name} worker {worker_id}"
+    try:
+        source = db.connect(cfg.source, purpose)
+        source.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        source.read_only = True
+        target = db.connect(cfg.target, purpose, autocommit=True)
+        # Rows and marker commit together; losing both in a server crash is the same as never committing.
+        target.execute("SET synchronous_commit = off")
+        if replica:  # the target's tables have triggers (foreign keys, user triggers): do not fire them
+            db.set_replica_role(target, cfg.target_replica_role_function)
+        src = {t.qualname: t for t in catalog.list_tables(source, cfg.schemas or None)}
+        source.rollback()
+        tgt = {t.qualname: t for t in catalog.list_tables(target, cfg.schemas or None)}
+    except Exception as exc:  # noqa: BLE001 - reported to the coordinator, which names it
+        conn.send(("error", None, _message(exc)))
+        return
+    conn.send(("ready", None, None))
+    while True:
+        try:
+            raw = conn.recv()
+        except EOFError:  # the coordinator is gone
+            break
+        if raw is None:
+            break
+        chunk = Chunk(**raw)
+        try:
+            if copyplan.is_loaded(target, cfg.name, chunk):  # a worker that died after its commit loaded it
+                conn.send(("skip", chunk.label, None))
+                continue
+            rows, nbytes = copy_chunk(source, target, src[chunk.table], tgt[chunk.table], chunk, snapshot, cfg.name,
+                                      lambda n, label=chunk.label: conn.send(("bytes", label, n)))
+        except psycopg.errors.UniqueViolation:
+            conn.send(("skip", chunk.label, None))  # marked by another load of it meanwhile
+            continue
+        except Exception as exc:  # noqa: BLE001 - reported to the coordinator, which names the chunk
+            conn.send(("error", chunk.label, _message(exc)))
+            return
+        conn.send(("done", chunk.label, (rows, nbytes)))
+    source.close()
+    target.close()
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
+        return f"{exc.diag.message_primary} (SQLSTATE {exc.sqlstate})"
+    return f"{exc.__class__.__name__}: {exc}"
