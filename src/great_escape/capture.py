@@ -46,6 +46,7 @@ import psycopg
 from psycopg import sql
 
 from . import catalog, config, db
+from .access import SYNC_POLICY
 from .catalog import Table
 from .errors import CaptureError, KeylessTableError
 
@@ -496,12 +497,15 @@ def _grant_replicated(conn: psycopg.Connection[Any], user: str, relids: list[int
 
 
 def _check_sees_every_row(conn: psycopg.Connection[Any], user: str, relids: list[int]) -> None:
+    # On the target (Aurora: no BYPASSRLS to give) the access step's permissive policy lets the user see every row.
     rows = conn.execute(
         "SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_class c "
         "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
         "JOIN pg_catalog.pg_roles r ON r.rolname = %s "
         "WHERE c.oid = ANY(%s::pg_catalog.oid[]) AND c.relrowsecurity AND NOT r.rolbypassrls AND NOT r.rolsuper "
-        "AND c.relowner <> r.oid ORDER BY 1", (user, relids)).fetchall()
+        "AND c.relowner <> r.oid AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid "
+        "AND p.polname = %s AND p.polpermissive AND r.oid = ANY(p.polroles)) ORDER BY 1",
+        (user, relids, SYNC_POLICY)).fetchall()
     if rows:
         raise CaptureError(
             f"{user} would see only the rows the row level security policies of {', '.join(r[0] for r in rows)} "
