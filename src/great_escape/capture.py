@@ -516,8 +516,9 @@ def _check_sees_every_row(conn: psycopg.Connection[Any], user: str, relids: list
 def ensure_sync_role(conn: psycopg.Connection[Any], user: str, password: str | None) -> list[str]:
     """The source's dedicated sync role (ge_sync_source_user): a login that is not a superuser and may create
     nothing (NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT); BYPASSRLS when the installer may give it,
-    since the sync must read every row. The password is set only when the role is created (as the
-    replication user's on the target). Privileges come from grant_sync. Runs in its own transaction; returns
+    since the sync must read every row. An existing role gets the password given (the inventory's, which the
+    sync logs in with), not reported as a change: it is a credential, like a password file. Privileges come
+    from grant_sync. Runs in its own transaction; returns
     what it did. The installing user itself as the sync user (a superuser, e.g. a source older than
     PostgreSQL 15 whose reverse sync must SET session_replication_role) is left alone."""
     if user == conn.info.user:
@@ -527,6 +528,15 @@ def ensure_sync_role(conn: psycopg.Connection[Any], user: str, password: str | N
         if row[0]:
             log.warning("the sync user %s on %s is a superuser: the sync needs far less (grant_sync)",
                         user, _where(conn))
+        elif password:
+            try:
+                with conn.transaction():
+                    conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(user),
+                                                                            sql.Literal(password)))
+            except psycopg.errors.InsufficientPrivilege:
+                log.warning("cannot set the password of the sync user %s on %s as %s (no CREATEROLE): the sync "
+                            "logs in with the inventory's password, which must be the role's", user, _where(conn),
+                            conn.info.user)
         return []
     superuser = conn.execute("SELECT pg_catalog.current_setting('is_superuser') = 'on'").fetchone()
     attributes = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT"

@@ -23,9 +23,7 @@ from tests.conftest import REPL_USER
 from tests.integration.syncutil import assert_identical, carry_access, make_config, setup_schema, snapshot_copy
 
 SYNC_USER = "ge_sync_source"
-# The role lives in the session's shared source cluster, where the playbook tests make it too (with the local
-# inventory's password): the password is set only when the role is created, so both use the same one.
-SYNC_PASSWORD = "ge-local-sync-secret"
+SYNC_PASSWORD = "ge-sync-source-secret"
 DDL = ("CREATE TABLE t (id serial PRIMARY KEY, v int); CREATE TABLE secret (id int PRIMARY KEY, pin text); "
        "CREATE SCHEMA other; CREATE TABLE other.o (id int PRIMARY KEY)")
 EXCLUDED = ["public.secret"]
