@@ -84,6 +84,9 @@ def test_the_sync_and_verify_run_as_a_source_role_that_only_reads_and_consumes(d
 
 def test_the_sync_role_cannot_write_create_or_read_what_is_not_replicated(dbpair, tmp_path):
     _, syncer = _setup(dbpair, tmp_path)
+    # A parameter privilege is the cluster's, not a database's: a cutover left live by another test of this
+    # session's shared cluster would have granted it. Before a cutover this database's role holds none.
+    dbpair.sql_source(f"REVOKE SET ON PARAMETER session_replication_role FROM {SYNC_USER}")
     for statement in ("INSERT INTO t (v) VALUES (1)", "UPDATE t SET v = 0", "DELETE FROM t", "TRUNCATE t",
                       "SELECT * FROM secret", "SELECT * FROM other.o", "CREATE SCHEMA mine",
                       "CREATE TABLE public.mine (id int)", "CREATE TABLE ge_capture.mine (id int)",
