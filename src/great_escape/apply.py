@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 MAX_CONFLICT_ROUNDS = 50
 PENDING_QUERY_CHUNK = 200  # tables per "which delta tables have rows" query
-COPY_CHUNK = 128 * 1024  # bytes per write into a target COPY
+COPY_CHUNK = 256 * 1024  # bytes per write into a target COPY
+REPORT_SECONDS = 1.0  # at most one progress report per COPY and second
 # A batch looks its keys up one by one through the key's index. Left to its estimates (a temp table without
 # statistics, a ctid list) the planner picks a hash or merge join over the whole table instead: a full scan
 # per batch, seconds on a 1M-row table and hours on a big one. Disabling seq scans inflates costs past the JIT
@@ -312,29 +313,43 @@ def _key_filter(pair: Pair) -> Callable[[bytes], bool] | None:
     return fits
 
 
+def pump(out: Any, inp: Any, keep: Callable[[bytes], bool] | None = None,
+         report: Callable[[int], None] | None = None) -> tuple[int, int]:
+    """Move COPY data from a COPY TO into a COPY FROM; returns (blocks moved, bytes written).
+
+    libpq hands COPY TO data over a row per block. Blocks are gathered into writes of COPY_CHUNK bytes:
+    psycopg makes a libpq call per write, which per row would cost more than the rest of the sync's Python.
+    `keep` leaves out the blocks it rejects; `report` gets the bytes written so far, at most every
+    REPORT_SECONDS."""
+    blocks = written = 0
+    buf = bytearray()
+    last = time.monotonic()
+    for block in out:
+        if keep is not None and not keep(bytes(block)):
+            continue
+        buf += block
+        blocks += 1
+        if len(buf) >= COPY_CHUNK:
+            inp.write(buf)
+            written += len(buf)
+            buf.clear()
+            if report is not None and time.monotonic() - last >= REPORT_SECONDS:
+                report(written)
+                last = time.monotonic()
+    if buf:
+        inp.write(buf)
+        written += len(buf)
+    return blocks, written
+
+
 def stream(source: psycopg.Connection[Any], target: psycopg.Connection[Any], query: sql.Composable,
            into: sql.Composable, columns: tuple[str, ...], keep: Callable[[bytes], bool] | None = None) -> int:
     """Text COPY from the source query into the target: values cross as text, so types may differ.
-
-    Rows go on in chunks: psycopg makes a libpq call per write, which per row cost more than the rest of the
-    sync's Python. `keep` leaves out the lines it rejects.
-    """
-    rows = 0
-    chunk = bytearray()
+    `keep` leaves out the rows it rejects. Returns the rows copied."""
     with source.cursor() as scur, target.cursor() as tcur, \
             scur.copy(sql.SQL("COPY ({}) TO STDOUT").format(query)) as out, \
             tcur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(into, _cols(columns))) as inp:
-        for row in out:
-            if keep is not None and not keep(bytes(row)):
-                continue
-            chunk += row
-            rows += 1
-            if len(chunk) >= COPY_CHUNK:
-                inp.write(chunk)
-                chunk.clear()
-        if chunk:
-            inp.write(chunk)
-    return rows
+        return pump(out, inp, keep)[0]
 
 
 def copy_table(source: psycopg.Connection[Any], target: psycopg.Connection[Any], src: Table, tgt: Table) -> int:

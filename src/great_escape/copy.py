@@ -53,7 +53,7 @@ from psycopg import sql
 
 from . import capture, catalog, copyplan, copyprogress, db
 from . import config as configmod
-from .apply import _cols, _from, _join, stream
+from .apply import REPORT_SECONDS, _cols, _from, _join, stream
 from .catalog import Table
 from .copyplan import Chunk, CopyError
 from .copyworker import worker_main
@@ -61,7 +61,6 @@ from .copyworker import worker_main
 log = logging.getLogger("great_escape.copy")
 
 DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
-REPORT_SECONDS = 1.0
 
 
 @dataclass

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ctypes
 import signal
-import time
 from typing import Any
 
 import psycopg
@@ -15,12 +14,10 @@ from psycopg import sql
 
 from . import catalog, copyplan, db
 from . import config as configmod
-from .apply import _cols, _from
+from .apply import _cols, _from, pump
 from .catalog import Table
 from .copyplan import Chunk
 
-WRITE_BYTES = 256 * 1024  # bytes gathered per write into the target COPY
-REPORT_SECONDS = 1.0  # at most one progress report per chunk and second
 FIRST_NORMAL_OID = 16384  # types below are built in: the same oid and binary format on every server
 
 
@@ -51,24 +48,10 @@ def copy_chunk(source: psycopg.Connection[Any], target: psycopg.Connection[Any],
     query = sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT{}").format(
         _cols(src.copy_columns), _from(src), copyplan.range_filter(src, chunk), fmt)
     load = sql.SQL("COPY {} ({}) FROM STDIN{}").format(tgt.ident, _cols(src.copy_columns), fmt)
-    nbytes = 0
-    buf = bytearray()
-    last = time.monotonic()
     try:
         with target.transaction():
             with source.cursor() as scur, target.cursor() as tcur, scur.copy(query) as out, tcur.copy(load) as inp:
-                for block in out:
-                    buf += block
-                    if len(buf) >= WRITE_BYTES:
-                        inp.write(buf)
-                        nbytes += len(buf)
-                        buf.clear()
-                        if report is not None and time.monotonic() - last >= REPORT_SECONDS:
-                            report(nbytes)
-                            last = time.monotonic()
-                if buf:
-                    inp.write(buf)
-                    nbytes += len(buf)
+                nbytes = pump(out, inp, report=report)[1]
                 rows = scur.rowcount  # set by the end of COPY TO (a closed cursor forgets it)
             copyplan.mark_loaded(target, name, chunk, rows, nbytes, snapshot)
     finally:

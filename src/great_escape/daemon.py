@@ -204,7 +204,7 @@ def _first_line(exc: BaseException) -> str:
 
 # ---------------------------------------------------------------- supervisor
 
-def _files(cfg: config.Config, direction: str) -> tuple[Path, Path]:
+def pid_and_log_files(cfg: config.Config, direction: str) -> tuple[Path, Path]:
     return cfg.state_dir / f"sync-{direction}.pid", cfg.state_dir / f"sync-{direction}.log"
 
 
@@ -220,7 +220,7 @@ def running_pid(pidfile: Path) -> int | None:
 
 def supervise(cfg_path: str, cfg: config.Config, direction: str) -> int:
     """Run `great-escape sync` and start it again whenever it dies, until SIGTERM."""
-    pidfile, _ = _files(cfg, direction)
+    pidfile, _ = pid_and_log_files(cfg, direction)
     pidfile.write_text(str(os.getpid()))
     stopping = False
     child: subprocess.Popen[bytes] | None = None
@@ -259,7 +259,7 @@ def start_detached(cfg_path: str, cfg: config.Config, direction: str) -> str:
 
     Returns "started", "already running", or "not started: <why>" when the sending side is not live.
     """
-    pidfile, logfile = _files(cfg, direction)
+    pidfile, logfile = pid_and_log_files(cfg, direction)
     if running_pid(pidfile):
         return "already running"
     try:
@@ -283,7 +283,7 @@ def start_detached(cfg_path: str, cfg: config.Config, direction: str) -> str:
 
 def stop_detached(cfg: config.Config, direction: str, timeout: float = 60) -> bool:
     """SIGTERM the supervisor (which stops the sync after its batch); False if it was not running."""
-    pidfile, logfile = _files(cfg, direction)
+    pidfile, logfile = pid_and_log_files(cfg, direction)
     pid = running_pid(pidfile)
     if not pid:
         return False
@@ -307,7 +307,7 @@ def add_supervise_parser(sub: Any) -> None:
 def _supervise_main(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     direction = direction_of(args.reverse)
-    pidfile, logfile = _files(cfg, direction)
+    pidfile, logfile = pid_and_log_files(cfg, direction)
     if args.action == "run":
         return supervise(args.config, cfg, direction)
     if args.action == "start":

@@ -2,10 +2,9 @@
 
     python -m great_escape.restore data-progress --toc L --log F --dump-dir D [--state-dir S]
     python -m great_escape.restore restore-errors --log F     # only "already exists" allowed on a re-run
-    python -m great_escape.restore {prepare,truncate,grant,bigint} < request.json
 
-Commands that connect read one JSON request on stdin (`target`, `source`: libpq parameters with the
-password, `schemas`, ...), so passwords never appear on a command line; each prints one JSON result.
+The steps that connect (prepare_restore, truncate_tables, grant_user, migrate_bigint) are run by the
+ge_restore module; these two commands read files only and print one JSON result.
 """
 
 from __future__ import annotations
@@ -184,28 +183,54 @@ def check_target(conn: psycopg.Connection[Any], schemas: list[str] | None) -> di
     return {"tables": [t.qualname for t in tables], "with_rows": with_rows}
 
 
-def truncate_tables(conn: psycopg.Connection[Any], schemas: list[str] | None) -> list[str]:
-    """Empty every application table on the target in one statement (before a data re-load)."""
+def truncate_tables(conn: psycopg.Connection[Any], schemas: list[str] | None, check: bool = False) -> list[str]:
+    """Empty every application table on the target in one statement (before a data re-load); with `check`,
+    only name them."""
     tables = list_tables(conn, schemas or None)
-    if tables:
+    conn.rollback()
+    if tables and not check:
         with conn.transaction():
             conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(t.ident for t in tables)))
     return [t.qualname for t in tables]
 
 
-def grant_user(conn: psycopg.Connection[Any], schemas: list[str] | None, user: str) -> list[str]:
-    """What the sync needs as `user`: USAGE on the schemas, DML + TRUNCATE on tables, sequences."""
+_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
+_SEQUENCE_PRIVILEGES = ("USAGE", "SELECT", "UPDATE")
+
+
+def missing_grants(conn: psycopg.Connection[Any], schemas: list[str], user: str) -> int:
+    """How many of the privileges grant_user gives `user` it does not hold yet (schema, table and sequence
+    privileges counted one by one: has_*_privilege with a list says whether any is held)."""
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM unnest(%(schemas)s::text[]) AS n(name)"
+        "        WHERE NOT pg_catalog.has_schema_privilege(%(user)s, n.name, 'USAGE'))"
+        "     + (SELECT count(*) FROM pg_catalog.pg_class c"
+        "        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        "        CROSS JOIN unnest(CASE WHEN c.relkind = 'S' THEN %(seq)s::text[] ELSE %(tab)s::text[] END) AS p(priv)"
+        "        WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')"
+        "          AND NOT CASE WHEN c.relkind = 'S' THEN pg_catalog.has_sequence_privilege(%(user)s, c.oid, p.priv)"
+        "                       ELSE pg_catalog.has_table_privilege(%(user)s, c.oid, p.priv) END)",
+        {"schemas": schemas, "user": user, "tab": list(_TABLE_PRIVILEGES), "seq": list(_SEQUENCE_PRIVILEGES)},
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def grant_user(conn: psycopg.Connection[Any], schemas: list[str] | None, user: str,
+               check: bool = False) -> tuple[list[str], int]:
+    """What the sync needs as `user`: USAGE on the schemas, DML + TRUNCATE on tables, sequences. Returns the
+    schemas and how many of these privileges were new; with `check`, grants nothing."""
     names = app_schemas(conn, schemas)
     grantee = sql.Identifier(user)
     with conn.transaction():
-        for name in names:
+        new = missing_grants(conn, names, user)
+        for name in names if not check else []:
             schema = sql.Identifier(name)
             conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, grantee))
-            conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA {} "
-                                 "TO {}").format(schema, grantee))
-            conn.execute(sql.SQL("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {} TO {}")
-                         .format(schema, grantee))
-    return names
+            conn.execute(sql.SQL("GRANT {} ON ALL TABLES IN SCHEMA {} TO {}").format(
+                sql.SQL(", ").join(map(sql.SQL, _TABLE_PRIVILEGES)), schema, grantee))
+            conn.execute(sql.SQL("GRANT {} ON ALL SEQUENCES IN SCHEMA {} TO {}").format(
+                sql.SQL(", ").join(map(sql.SQL, _SEQUENCE_PRIVILEGES)), schema, grantee))
+    return names, new
 
 
 def _pgpass_line(params: dict[str, Any]) -> str:
@@ -213,13 +238,14 @@ def _pgpass_line(params: dict[str, Any]) -> str:
     return ":".join(f.replace("\\", "\\\\").replace(":", "\\:") for f in fields) + "\n"
 
 
-def prepare_restore(connect: Callable[[], psycopg.Connection[Any]], req: dict[str, Any]) -> dict[str, Any]:
+def prepare_restore(connect: Callable[[], psycopg.Connection[Any]], req: dict[str, Any],
+                    check: bool = False) -> dict[str, Any]:
     """Everything the restore role checks and writes before pg_restore, in one program run.
 
     Reads the dump's identity from the transfer's verification marker; finds the step markers of
     earlier runs and refuses markers of another dump; before pre-data is restored, refuses a target that
-    already has application tables; then writes the libpq password file (0600), the dump id and the
-    TOC lists. `connect` opens a target connection, only when the check needs one."""
+    already has application tables; then (unless `check`) writes the libpq password file (0600), the dump
+    id and the TOC lists. `connect` opens a target connection, only when the check needs one."""
     missing = [k for k in ("work_dir", "dump_dir", "transfer_marker", "target") if not req.get(k)]
     if missing:
         raise ConfigError(f"the prepare request lacks {', '.join(missing)}")
@@ -231,8 +257,7 @@ def prepare_restore(connect: Callable[[], psycopg.Connection[Any]], req: dict[st
         raise RestoreError(f"{marker} is missing or unreadable ({exc.__class__.__name__}): the dump was not "
                            "transferred and verified. Run the transfer phase (playbooks/05_transfer.yml) "
                            "first.") from exc
-    work.mkdir(mode=0o750, parents=True, exist_ok=True)
-    steps = sorted(p.name for p in work.iterdir() if p.suffix in (".done", ".started"))
+    steps = sorted(p.name for p in work.iterdir() if p.suffix in (".done", ".started")) if work.is_dir() else []
     owner = work / "dump_id"
     if owner.exists() and owner.read_text().strip() != dump_id:
         raise RestoreError(f"The restore markers in {work} belong to another dump than the one in {dump_dir}. "
@@ -247,6 +272,9 @@ def prepare_restore(connect: Callable[[], psycopg.Connection[Any]], req: dict[st
                 f"application table(s) ({len(found['with_rows'])} with rows: {', '.join(found['with_rows'][:10])}) "
                 f"and no marker in {work} shows an unfinished restore of this dump. Nothing was changed. Restore "
                 "into an empty database, or drop those tables first.")
+    if check:
+        return {"dump_id": dump_id, "steps": steps, "dropped": [], "entries": {}}
+    work.mkdir(mode=0o750, parents=True, exist_ok=True)
     passfile = work / "pgpass"
     fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -257,55 +285,27 @@ def prepare_restore(connect: Callable[[], psycopg.Connection[Any]], req: dict[st
     return {"dump_id": dump_id, "steps": steps, "dropped": toc["dropped"], "entries": toc["entries"]}
 
 
-def _request() -> dict[str, Any]:
-    try:
-        req = json.load(sys.stdin)
-    except ValueError as exc:
-        raise ConfigError(f"the request on stdin is not JSON: {exc}") from exc
-    if not isinstance(req, dict):
-        raise ConfigError("the request on stdin must be a JSON object")
-    return req
-
-
-def _endpoint(req: dict[str, Any], side: str) -> dict[str, Any]:
-    params = req.get(side)
-    if not isinstance(params, dict):
-        raise ConfigError(f"the request has no '{side}' connection parameters")
-    return params
-
-
-def _with_target(func: Any) -> Any:
-    req = _request()
-    with db.connect(_endpoint(req, "target"), "restore") as conn:
-        return func(conn, req)
+def migrate_bigint(source: dict[str, Any], target: dict[str, Any], schemas: list[str] | None, mode: str,
+                   include: list[str], exclude: list[str], marker: Path | None, check: bool) -> dict[str, Any]:
+    """The int -> bigint step: plan from the source's keys (bigint.plan_bigint), apply on the target's
+    empty tables, then write `marker` (the result as JSON), only once the target has the new types.
+    With `check`, the plan alone (queries empty)."""
+    with db.connect(source, "restore bigint") as src:
+        plan = bigint.plan_bigint(src, schemas or None, mode, include, exclude)
+    if check:
+        return dict(plan.as_dict(), queries=[])
+    with db.connect(target, "restore bigint") as dst:
+        result = dict(plan.as_dict(), queries=bigint.apply_bigint(dst, plan))
+    if marker is not None:
+        marker.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def _cmd(args: argparse.Namespace) -> Any:
     if args.command == "restore-errors":
         errors, unexpected = restore_errors(Path(args.log).read_text(errors="replace"))
         return {"errors": errors, "unexpected": unexpected}
-    if args.command == "data-progress":
-        return _data_progress(args)
-    if args.command == "prepare":
-        req = _request()
-        return prepare_restore(lambda: db.connect(_endpoint(req, "target"), "restore"), req)
-    if args.command == "truncate":
-        return _with_target(lambda conn, req: {"truncated": truncate_tables(conn, req.get("schemas"))})
-    if args.command == "grant":
-        return _with_target(lambda conn, req: {"schemas": grant_user(conn, req.get("schemas"), req["user"])})
-    if args.command == "bigint":
-        req = _request()
-        with db.connect(_endpoint(req, "source"), "restore bigint") as src:
-            plan = bigint.plan_bigint(src, req.get("schemas"), req.get("mode", "auto"),
-                                      req.get("include"), req.get("exclude"))
-        if req.get("check"):
-            return dict(plan.as_dict(), queries=[])
-        with db.connect(_endpoint(req, "target"), "restore bigint") as dst:
-            result = dict(plan.as_dict(), queries=bigint.apply_bigint(dst, plan))
-        if req.get("marker"):  # the step's marker, written only once the target has the new types
-            Path(req["marker"]).write_text(json.dumps(result, indent=2) + "\n")
-        return result
-    raise AssertionError(args.command)
+    return _data_progress(args)
 
 
 def _data_progress(args: argparse.Namespace) -> dict[str, Any]:
@@ -340,8 +340,6 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--phase", default="restore")
     dp.add_argument("--finished", action="store_true", help="pg_restore exited 0: everything is done")
     dp.add_argument("--restart", action="store_true")
-    for name in ("prepare", "truncate", "grant", "bigint"):
-        sub.add_parser(name, help="reads a JSON request on stdin")
     return parser
 
 

@@ -183,35 +183,3 @@ def read_cutover(conn: psycopg.Connection[Any], name: str) -> dict[str, Any]:
 def sending_side(direction: str) -> str:
     """The side that must be live for a sync of `direction` to run."""
     return "source" if direction == "forward" else "target"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m great_escape.state prepare-target`: the request on standard input (never in argv, it holds
-    a password) as JSON {"target": {libpq parameters of the master}, "user": replication user}; prints
-    {"actions": [...]} or {"error": ...} and exits 1."""
-    import argparse
-    import json
-    import sys
-
-    from . import db
-    from .errors import GreatEscapeError
-
-    parser = argparse.ArgumentParser(prog="great_escape.state")
-    parser.add_argument("action", choices=["prepare-target"])
-    parser.parse_args(argv)
-    try:
-        req = json.loads(sys.stdin.read())
-        with db.connect(req["target"], "prepare-target") as conn:
-            actions = prepare_target(conn, req["user"])
-    except KeyError as exc:
-        print(json.dumps({"error": f"the request lacks {exc}; expected target and user"}))
-        return 1
-    except (GreatEscapeError, psycopg.Error, ValueError) as exc:
-        print(json.dumps({"error": str(exc)}))
-        return 1
-    print(json.dumps({"actions": actions}))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

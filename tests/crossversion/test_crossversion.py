@@ -16,7 +16,7 @@ import psycopg
 import yaml
 from psycopg import sql
 
-from great_escape import bigint, capture, cutover, daemon, preflight, restore, verify
+from great_escape import bigint, capture, cutover, daemon, preflight, restore, state, verify
 from tests.conftest import REPL_PASSWORD, REPL_USER, DbPair
 from tests.crossversion.conftest import VersionPair
 from tests.integration.syncutil import make_config, table_rows
@@ -59,10 +59,9 @@ def _restore(vp: VersionPair, dump_dir: Path, work: Path) -> dict[str, Any]:
     for section in ("data", "post-data"):
         vp.tool("pg_restore", "--verbose", "--jobs=2", *conn_args, "--exit-on-error",
                 f"--use-list={work / f'{section}.list'}", str(dump_dir / section), password=tgt["password"])
-    with psycopg.connect(**tgt) as conn:
+    with psycopg.connect(**tgt) as conn:  # the prepare-target and restore phases' grants (DbPair.grant_repl)
+        state.prepare_target(conn, REPL_USER)
         restore.grant_user(conn, None, REPL_USER)
-        conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
-            sql.Identifier(tgt["dbname"]), sql.Identifier(REPL_USER)))
     _grant_app(vp.db.sql_target)
     return {"toc": toc, "bigint": plan}
 

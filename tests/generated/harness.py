@@ -185,10 +185,7 @@ def restore_target(pair: DbPair, app: str, dump_dir: Path, work: Path) -> None:
     for section in ("data", "post-data"):
         _tool("pg_restore", *common, f"--use-list={work / f'{section}.list'}", str(dump_dir / section),
               params=pair.target)
-    with psycopg.connect(**pair.target) as conn:
-        restore.grant_user(conn, None, REPL_USER)
-        conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
-            sql.Identifier(pair.target["dbname"]), sql.Identifier(REPL_USER)))
+    pair.grant_repl()
     _access(pair, app, objects=True)
 
 

@@ -239,8 +239,7 @@ def test_cleanup_removes_password_files_work_directories_and_the_dumps_unless_ke
     w = s.work
     dumps = [w / "dump", w / "replication" / "dump", w / "replication" / "transfer.done.json"]
     work = [w / "dump.pgpass", w / "dump.transfer", w / "replication" / "restore"]
-    passwords = [w / "state" / "pgpass", w / "state" / "cutover-target-admin.password",
-                 w / "replication" / "restore" / "pgpass"]
+    passwords = [w / "state" / "pgpass", w / "replication" / "restore" / "pgpass"]
     _fill(dumps + work + passwords)
     kept = w / "state" / "cutover-status.json"
     kept.write_text("{}")

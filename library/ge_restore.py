@@ -1,0 +1,186 @@
+#!/usr/bin/python
+"""Ansible module ge_restore: the restore phase's steps on the target that are not pg_restore itself."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: ge_restore
+short_description: Check, prepare and finish a restore of the migration's dump into the target
+description:
+  - One module for the restore role's own steps around C(pg_restore), chosen with O(step).
+  - V(prepare) reads the dump's identity from the transfer's verification marker, finds the step markers of
+    earlier runs (refusing markers of another dump), refuses a target that already holds application tables
+    when no marker shows an unfinished restore of this dump, then writes the libpq password file (mode 0600),
+    the dump id and the filtered TOC lists for C(pg_restore -L) into O(work_dir).
+  - V(truncate) empties every application table of the target in one statement, before a data re-load.
+  - V(grant) gives O(user) what the sync applies with, USAGE on the schemas and DML and TRUNCATE on their
+    tables and sequences; C(changed) says whether any of these privileges was new.
+  - V(bigint) widens int keys, the int columns referencing them and their sequences to bigint on the
+    target's empty tables (planned from the O(source)'s keys), then writes O(marker).
+version_added: "0.1.0"
+options:
+  step:
+    description: Which step to run.
+    type: str
+    required: true
+    choices: [prepare, truncate, grant, bigint]
+  source:
+    description:
+      - The source database, read for its keys by V(bigint) (required there, unused otherwise).
+      - A dict of libpq parameters, as O(target).
+    type: dict
+  schemas:
+    description: Application schemas in scope. Empty means every schema but the system's and the project's.
+    type: list
+    elements: str
+    default: []
+  work_dir:
+    description: V(prepare) the restore's markers, TOC lists and password file.
+    type: path
+  dump_dir:
+    description: V(prepare) the received dump (one directory per section).
+    type: path
+  transfer_marker:
+    description: V(prepare) the transfer's verification marker (holds the manifest's sha256, the dump's identity).
+    type: path
+  pg_restore:
+    description: V(prepare) the pg_restore program that lists the sections' TOC.
+    type: str
+    default: pg_restore
+  user:
+    description: V(grant) the role granted the sync's privileges.
+    type: str
+  mode:
+    description: V(bigint) C(auto) (int primary keys, the int columns referencing them, their sequences) or C(none).
+    type: str
+    choices: [auto, none]
+    default: auto
+  include:
+    description: V(bigint) C(schema.table) or C(schema.table.column) to widen as well.
+    type: list
+    elements: str
+    default: []
+  exclude:
+    description: V(bigint) C(schema.table) or C(schema.table.column) to leave as they are.
+    type: list
+    elements: str
+    default: []
+  marker:
+    description: V(bigint) file written with the result once the target has the new types.
+    type: path
+attributes:
+  check_mode:
+    support: full
+    details: >-
+      V(prepare) checks without writing files; V(truncate) lists what it would empty; V(grant) counts the privileges
+      it would give; V(bigint) returns the plan with no queries.
+  diff_mode:
+    support: none
+notes:
+  - Runs on the replication host as the target's master user (the owner of the restored schema).
+extends_documentation_fragment:
+  - ge_connection.target
+author:
+  - great-escape contributors
+"""
+
+EXAMPLES = r"""
+- name: Grant the replication user DML on the restored tables
+  ge_restore:
+    step: grant
+    target: "{{ restore_target }}"
+    user: ge_repl
+"""
+
+RETURN = r"""
+dump_id:
+  description: V(prepare) the dump's identity (sha256 of its manifest).
+  returned: step is prepare
+  type: str
+steps:
+  description: V(prepare) the markers of finished or started steps found in O(work_dir), e.g. C(pre-data.done).
+  returned: step is prepare
+  type: list
+  elements: str
+dropped:
+  description: V(prepare) TOC entries of the project's own objects, left out of the restore.
+  returned: step is prepare
+  type: list
+  elements: str
+truncated:
+  description: V(truncate) the tables emptied (or, in check mode, that would be).
+  returned: step is truncate
+  type: list
+  elements: str
+schemas:
+  description: V(grant) the schemas whose objects were granted.
+  returned: step is grant
+  type: list
+  elements: str
+new_privileges:
+  description: V(grant) how many schema, table and sequence privileges O(user) did not hold before.
+  returned: step is grant
+  type: int
+queries:
+  description: V(bigint) the ALTER statements run (empty in check mode and when nothing needed widening).
+  returned: step is bigint
+  type: list
+  elements: str
+"""
+
+from pathlib import Path
+
+from ansible.module_utils.ge_common import connection_argument_spec, endpoint, endpoints, engine_errors, engine_module
+
+_NEEDS = {
+    "prepare": ["work_dir", "dump_dir", "transfer_marker"],
+    "grant": ["user"],
+    "bigint": ["source"],
+}
+
+
+def main() -> None:
+    spec = connection_argument_spec(
+        "target", scope=True,
+        step=dict(type="str", required=True, choices=["prepare", "truncate", "grant", "bigint"]),
+        work_dir=dict(type="path"), dump_dir=dict(type="path"), transfer_marker=dict(type="path"),
+        pg_restore=dict(type="str", default="pg_restore"),
+        user=dict(type="str"),
+        mode=dict(type="str", choices=["auto", "none"], default="auto"),
+        include=dict(type="list", elements="str", default=[]),
+        exclude=dict(type="list", elements="str", default=[]),
+        marker=dict(type="path"),
+    )
+    spec.pop("exclude_tables")
+    spec["source"] = dict(spec["target"], required=False)
+    module = engine_module(spec, required_if=[("step", step, needs) for step, needs in _NEEDS.items()])
+    from great_escape import db, restore
+
+    p, check = module.params, module.check_mode
+    (target,) = endpoints(module, "target")
+    schemas = p["schemas"] or None
+    result: dict = dict(changed=False)
+    with engine_errors(module, result):
+        if p["step"] == "prepare":
+            request = dict(target=target, schemas=schemas, work_dir=p["work_dir"], dump_dir=p["dump_dir"],
+                           transfer_marker=p["transfer_marker"], pg_restore=p["pg_restore"])
+            result.update(restore.prepare_restore(lambda: db.connect(target, "restore"), request, check=check))
+        elif p["step"] == "bigint":
+            marker = Path(p["marker"]) if p["marker"] else None
+            result.update(restore.migrate_bigint(endpoint(p["source"]), target, schemas, p["mode"], p["include"],
+                                                 p["exclude"], marker, check))
+            result["changed"] = bool(result["queries"]) or bool(check and result.get("columns"))
+        else:
+            with db.connect(target, "restore") as conn:
+                if p["step"] == "truncate":
+                    result["truncated"] = restore.truncate_tables(conn, schemas, check)
+                    result["changed"] = bool(result["truncated"])
+                else:
+                    result["schemas"], result["new_privileges"] = restore.grant_user(conn, schemas, p["user"], check)
+                    result["changed"] = result["new_privileges"] > 0
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
