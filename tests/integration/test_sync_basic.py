@@ -73,6 +73,29 @@ def test_writers_kick_only_while_a_sync_waits(dbpair, tmp_path):
         assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
 
 
+def test_the_kick_looks_for_a_waiting_sync_once_per_transaction(dbpair, tmp_path):
+    """A look at ge_capture.waiting per statement cost ~10 us each; one per transaction is enough (PostgreSQL
+    sends one notification per channel and transaction), and the next transaction looks again."""
+    setup_schema(dbpair, "CREATE TABLE items (id int PRIMARY KEY)")
+    install_capture(make_config(dbpair, tmp_path))
+    looks = ("SELECT seq_scan FROM pg_stat_xact_user_tables WHERE schemaname = %s AND relname = %s")
+    with psycopg.connect(**dbpair.source, autocommit=True) as listener:
+        listener.execute(f"LISTEN {capture.KICK_CHANNEL}")
+        capture.set_waiting(listener, "test forward", True)
+        for first in (1, 11):
+            # A session of its own per transaction: its table statistics hold this transaction's looks only.
+            with psycopg.connect(**dbpair.source) as writer:
+                for i in range(first, first + 10):
+                    writer.execute("INSERT INTO items VALUES (%s)", (i,))
+                assert writer.execute(looks, (capture.SCHEMA, capture.WAITING)).fetchone() == (1,)
+                writer.commit()
+                # The mark is the transaction's own: the session's next transaction looks again.
+                mark = writer.execute("SELECT current_setting(%s, true)", (capture.KICK_CHECKED_SETTING,)).fetchone()
+                assert mark is not None and mark[0] != "on"
+            assert len(list(listener.notifies(timeout=1))) == 1
+        capture.set_waiting(listener, "test forward", False)
+
+
 def test_an_idle_sync_is_woken_by_the_kick_long_before_its_poll_interval(dbpair, tmp_path):
     setup_schema(dbpair, "CREATE TABLE items (id int PRIMARY KEY)")
     cfg = make_config(dbpair, tmp_path, poll_interval=60)
