@@ -209,13 +209,15 @@ def pid_and_log_files(cfg: config.Config, direction: str) -> tuple[Path, Path]:
 
 
 def running_pid(pidfile: Path) -> int | None:
-    """The supervisor's pid if it is alive."""
+    """The supervisor's pid if it is alive and is a supervisor: after a reboot the file names a pid that another
+    process may hold now (a unit's ExecCondition would then never start the sync again)."""
     try:
         pid = int(pidfile.read_text().strip())
         os.kill(pid, 0)
-        return pid
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return None
+    return pid if b"supervise" in argv and b"run" in argv else None
 
 
 def supervise(cfg_path: str, cfg: config.Config, direction: str) -> int:
