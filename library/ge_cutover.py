@@ -152,8 +152,7 @@ def main() -> None:
     from great_escape import cutover
 
     p = module.params
-    module.params["direction"] = "forward"  # the configuration as written; the switch turns it as needed
-    cfg = load_config(module)
+    cfg = load_config(module, as_written=True)  # the switch turns it as needed
     result: dict = dict(changed=False)
     with engine_errors(module, result):
         if module.check_mode:
@@ -161,12 +160,8 @@ def main() -> None:
             wanted = "target" if p["action"] == "cutover" else "source"
             module.exit_json(changed=now["live"] != wanted, live=now["live"],
                              msg=f"{p['action']} would make the {wanted} live (the {now['live']} is live now)")
-        admin = {
-            "target": cutover.admin_params(cfg.target, p["target_admin_user"]),
-            "source": cutover.admin_params(cfg.source, p["source_admin_user"]),
-        }
-        admin["target"]["password"] = p["target_admin_password"]
-        admin["source"]["password"] = p["source_admin_password"]
+        admin = {side: {**cutover.admin_params(getattr(cfg, side), p[f"{side}_admin_user"]),
+                        "password": p[f"{side}_admin_password"]} for side in ("target", "source")}
         options = cutover.Options(
             stop_writes=p["stop_writes"], application_roles=p["application_roles"],
             terminate=p["terminate_sessions"], in_flight_timeout=p["in_flight_timeout"],

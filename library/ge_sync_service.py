@@ -55,16 +55,15 @@ log:
   type: str
 """
 
-from ansible.module_utils.ge_common import config_argument_spec, engine_errors, engine_module
+from ansible.module_utils.ge_common import config_argument_spec, engine_errors, engine_module, load_config
 
 
 def main() -> None:
     module = engine_module(config_argument_spec(
         state=dict(type="str", choices=["started", "stopped", "restarted"], default="started")))
-    from great_escape import config, daemon
+    from great_escape import daemon
 
-    with engine_errors(module):
-        cfg = config.load(module.params["config"])  # as written: the supervisor turns it for the reverse sync
+    cfg = load_config(module, as_written=True)  # the supervisor turns it for the reverse sync
     direction, wanted = module.params["direction"], module.params["state"]
     pidfile, logfile = daemon.pid_and_log_files(cfg, direction)
     running = daemon.running_pid(pidfile) is not None

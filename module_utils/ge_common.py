@@ -79,13 +79,15 @@ def endpoints(module: AnsibleModule, *sides: str) -> tuple[dict[str, Any], ...]:
     return tuple(endpoint(module.params[side]) for side in sides)
 
 
-def load_config(module: AnsibleModule) -> Any:
+def load_config(module: AnsibleModule, as_written: bool = False) -> Any:
     """The engine configuration of the module's config option, as the sync of its direction option sees it
-    (sides swapped for reverse). A missing or invalid file fails the module with the engine's message."""
+    (sides swapped for reverse), or `as_written` (forward). A missing or invalid file fails the module with the
+    engine's message."""
     from great_escape import config
 
+    reverse = not as_written and module.params.get("direction") == "reverse"
     with engine_errors(module):
-        return config.load(module.params["config"], reverse=module.params["direction"] == "reverse")
+        return config.load(module.params["config"], reverse=reverse)
 
 
 def require_engine(module: AnsibleModule) -> None:
