@@ -328,6 +328,8 @@ def stubbed_phases(tmp_path_factory: pytest.TempPathFactory) -> Path:
     stubber = Stubber(out)
     plays = [play for path in _phase_playbooks() for play in stubber.playbook(path)]
     (out / "phases.yml").write_text(yaml.safe_dump(plays, sort_keys=False))
+    # What the plays derive from the inventory (the connection descriptions), read next to the playbook.
+    (out / "group_vars").symlink_to(ROOT / "playbooks/group_vars")
     return out
 
 
