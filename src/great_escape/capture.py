@@ -18,8 +18,10 @@ Layout 2 (schema `ge_capture`, never dumped, removed by `remove`):
   statement). A sync that is busy applying needs no kick; only while one waits do writers send it. The kick
   trigger looks at `waiting` once per transaction (a transaction-local setting, `great_escape.kick_checked`,
   remembers it looked): PostgreSQL sends one notification per channel and transaction anyway, and a look per
-  statement cost ~10 us each (4 per pgbench transaction). A sync that begins to wait after a transaction's
-  first look finds its changes at its next poll (daemon.py), as it would for a look made just before.
+  statement cost ~10 us each (4 per pgbench transaction). The trigger's WHEN condition reads that setting, so
+  after the first statement the trigger is not even queued (no call of the function per later statement). A
+  sync that begins to wait after a transaction's first look finds its changes at its next poll (daemon.py), as
+  it would for a look made just before.
 - `ge_schema_freeze`: event triggers refusing DDL on non-temporary objects until lifted, and only by the
   roles named at install (`ge_ddl_roles`) with `SET great_escape.allow_ddl = on`.
 
@@ -756,9 +758,11 @@ def _install(conn: psycopg.Connection[Any], table: Table) -> None:
     _drop_capture_triggers(conn, table.relid)
     conn.execute(sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} "
                          "FOR EACH ROW EXECUTE FUNCTION {}()").format(sql.Identifier(ROW_TRIGGER), target, func))
-    conn.execute(sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {} "
-                         "FOR EACH STATEMENT EXECUTE FUNCTION {}()").format(
-        sql.Identifier(KICK_TRIGGER), target, sql.Identifier(SCHEMA, "kick")))
+    # WHEN is parsed here, once: its operator is bound now, not looked up in the writer's search_path.
+    conn.execute(sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {} FOR EACH STATEMENT "
+                         "WHEN (COALESCE(pg_catalog.current_setting({}, true), '') OPERATOR(pg_catalog.<>) 'on') "
+                         "EXECUTE FUNCTION {}()").format(
+        sql.Identifier(KICK_TRIGGER), target, sql.Literal(KICK_CHECKED_SETTING), sql.Identifier(SCHEMA, "kick")))
     for part in [target, *(_partitions(conn, table.relid))]:
         conn.execute(sql.SQL("CREATE TRIGGER {} AFTER TRUNCATE ON {} FOR EACH STATEMENT "
                              "EXECUTE FUNCTION {}({})").format(

@@ -102,17 +102,17 @@ def test_the_kick_trigger_fires_once_per_transaction(dbpair, tmp_path):
     setup_schema(dbpair, "CREATE TABLE items (id int PRIMARY KEY, v int)")
     install_capture(make_config(dbpair, tmp_path))
     calls = ("SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions WHERE schemaname = %s AND funcname = %s")
-    with psycopg.connect(**dbpair.source) as writer:
-        writer.execute("SET track_functions = 'pl'")
-        for i in range(1, 11):
-            writer.execute("INSERT INTO items VALUES (%s, 0)", (i,))
-        writer.execute("UPDATE items SET v = 1")
-        writer.execute("DELETE FROM items WHERE id = 1")
-        assert writer.execute(calls, (capture.SCHEMA, "kick")).fetchone() == (1,)
-        writer.commit()
-        writer.execute("UPDATE items SET v = 2")  # the next transaction kicks again
-        assert writer.execute(calls, (capture.SCHEMA, "kick")).fetchone() == (1,)
-        writer.commit()
+    for first in (1, 11):
+        # A session of its own per transaction: its function statistics hold this transaction's calls only.
+        with psycopg.connect(**dbpair.source) as writer:
+            writer.execute("SET track_functions = 'pl'")
+            for i in range(first, first + 10):
+                writer.execute("INSERT INTO items VALUES (%s, 0)", (i,))
+            writer.execute("UPDATE items SET v = v + 1")
+            writer.execute("DELETE FROM items WHERE id = %s", (first,))
+            assert writer.execute(calls, (capture.SCHEMA, "kick")).fetchone() == (1,)
+            writer.commit()
+    assert dbpair.sql_source("SELECT count(*) FROM items") == [(18,)]
 
 
 def test_an_idle_sync_is_woken_by_the_kick_long_before_its_poll_interval(dbpair, tmp_path):
