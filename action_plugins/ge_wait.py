@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,15 +63,22 @@ options:
     type: str
     required: true
   state_dir:
-    description: Directory of the progress records on the controller.
+    description: Directory of the progress records, on the controller or, with O(record_on_host), on the job's host.
     type: path
     required: true
   progress_python:
     description:
-      - Python with the great_escape engine on the controller. The records are written in-process when the
-        controller's Python imports the engine (the project's venv); otherwise each sample runs
-        C(PYTHON -m great_escape.cli progress record).
+      - Python with the great_escape engine, on the controller or, with O(record_on_host), on the job's host.
+        On the controller the records are written in-process when its Python imports the engine (the project's
+        venv); otherwise each sample runs C(PYTHON -m great_escape.cli progress record).
     type: str
+  record_on_host:
+    description:
+      - Write the records on the job's host (its C(delegate_to)) with O(progress_python) there, one command per
+        sample over the task's connection, so that host answers C(great-escape progress show); for jobs on the
+        host where the engine is installed (the replication host). Default, on the controller.
+    type: bool
+    default: false
   total:
     description: The total amount, when known; omit when unknown.
     type: int
@@ -198,6 +206,7 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "phase": {"type": "str", "required": True},
     "state_dir": {"type": "path", "required": True},
     "progress_python": {"type": "str"},
+    "record_on_host": {"type": "bool", "default": False},
     "total": {"type": "int"},
     "estimated": {"type": "bool", "default": False},
     "cap_at_total": {"type": "bool", "default": False},
@@ -367,21 +376,27 @@ def _first_line(text: str) -> str:
 # --------------------------------------------------------------------------- progress records
 
 class _Recorder:
-    """Writes samples with the engine's progress records and formats the line; in-process when the
-    controller's Python has the engine, else through `progress_python -m great_escape.cli`."""
+    """Writes samples with the engine's progress records and formats the line: on the controller in-process when
+    its Python has the engine, else through `progress_python -m great_escape.cli`; on the job's host through
+    `shell` (the action's connection) when given."""
 
-    def __init__(self, state_dir: str, phase: str, unit: str, python: str | None, check_mode: bool) -> None:
+    def __init__(self, state_dir: str, phase: str, unit: str, python: str | None, check_mode: bool,
+                 shell: Callable[[str], dict[str, Any]] | None = None) -> None:
         self.state_dir, self.phase, self.unit, self.python = Path(state_dir), phase, unit, python
-        self.check_mode = check_mode
+        self.check_mode, self.shell = check_mode, shell
         self.started = time.time()
         self.start_done: int | None = None
+        self.engine = None
+        if shell is not None:
+            if not python:
+                raise AnsibleError("record_on_host needs progress_python: the engine's Python on the job's host")
+            return
         try:
             from great_escape import progress
         except ImportError:
             if not python:
                 raise AnsibleError("the great_escape engine is not importable by the controller's Python "
                                    f"({sys.executable}) and no progress_python is given") from None
-            self.engine = None
         else:
             self.engine = progress
 
@@ -405,10 +420,15 @@ class _Recorder:
                 "--phase", self.phase, "--done", str(done), "--unit", self.unit, "--state", state, "--detail", detail]
         if total is not None:
             argv += ["--total", str(total)] + (["--estimated"] if estimated else [])
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-        if proc.returncode != 0:
-            raise AnsibleError(f"recording the progress of {self.phase} failed: {_first_line(proc.stderr)}")
-        return proc.stdout.strip()
+        if self.shell is not None:
+            out = self.shell(shlex.join(argv))
+            rc, stdout, stderr = out.get("rc"), out.get("stdout", ""), out.get("stderr", "")
+        else:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+            rc, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+        if rc != 0:
+            raise AnsibleError(f"recording the progress of {self.phase} failed: {_first_line(stderr or stdout)}")
+        return str(stdout).strip()
 
 
 # --------------------------------------------------------------------------- the action
@@ -492,7 +512,8 @@ class _Wait:
 
     def _wait(self) -> dict[str, Any]:
         self.recorder = _Recorder(self.args["state_dir"], self.args["phase"], self.args["unit"],
-                                  self.args["progress_python"], self.check_mode)
+                                  self.args["progress_python"], self.check_mode,
+                                  self.action._shell if self.args["record_on_host"] else None)
         async_dir = self.action._async_dir()
         results_file = self.results_file = f"{async_dir.rstrip('/')}/{self.jid}"
         status = self.action._async_status(self.jid, async_dir, self.task_vars)
@@ -612,11 +633,15 @@ class _Wait:
         handler = self.previous.get(signal.Signals(signum))
         if handler == signal.SIG_IGN:
             return
-        try:  # no display here: a signal may arrive while the display queue's lock is held
+        # No display here: a signal may arrive while the display queue's lock is held. No remote command
+        # either (a record on the job's host): it could hang the worker's exit; `progress show` there tells
+        # how old the last sample is.
+        try:
             assert self.recorder is not None
-            self.recorder.record(self.sample.done or 0, self.sample.total, "running",
-                                 f"nobody waits for {self.what} any more: {stop_hint(self.host, self.jid, self.group)}",
-                                 self.args["estimated"])
+            if self.recorder.shell is None:
+                self.recorder.record(self.sample.done or 0, self.sample.total, "running",
+                                     f"nobody waits for {self.what} any more: "
+                                     f"{stop_hint(self.host, self.jid, self.group)}", self.args["estimated"])
         except Exception:  # noqa: BLE001, S110 - best effort on the way out; the first line named the job already
             pass
         signal.signal(signum, handler if handler is not None else signal.SIG_DFL)

@@ -71,9 +71,18 @@ options:
     type: str
     choices: [refuse, copy_at_cutover]
     default: refuse
+  copy_method:
+    description:
+      - How the data moves (C(ge_copy_method)). V(chunked) dumps the schema on the replication host and copies the
+        data source -> target with the engine: no disk on the source host, the schema only on the replication
+        host, one copy estimate. V(pg_dump) writes the whole dump on the source host and sends it.
+    type: str
+    choices: [chunked, pg_dump]
+    default: chunked
   pg_dump_version:
     description:
-      - Output of C(pg_dump --version) on the source host, empty if pg_dump is missing.
+      - Output of C(pg_dump --version) on the host that dumps (the replication host with V(chunked), the source
+        host with V(pg_dump)), empty if pg_dump is missing.
       - Omit to skip the check.
     type: str
   pg_restore_version:
@@ -85,7 +94,7 @@ options:
     type: str
     default: ""
   dump_dir_free_bytes:
-    description: Free bytes on the filesystem of O(dump_dir), measured on the source host. Omit to skip.
+    description: Free bytes on the filesystem of O(dump_dir), measured on the source host (V(pg_dump)). Omit to skip.
     type: int
   replication_dir:
     description: Where the dump lands on the replication host (for messages).
@@ -198,6 +207,7 @@ def main() -> None:
         replication_password=dict(type="str", no_log=True),
         schemas=dict(type="list", elements="str", default=[]),
         keyless_tables=dict(type="str", choices=["refuse", "copy_at_cutover"], default="refuse"),
+        copy_method=dict(type="str", choices=["chunked", "pg_dump"], default="chunked"),
         pg_dump_version=dict(type="str"),
         pg_restore_version=dict(type="str"),
         dump_dir=dict(type="str", default=""),
@@ -224,7 +234,7 @@ def main() -> None:
     inputs = preflight.Inputs(
         source=source, target=target,
         replication_user=p["replication_user"], replication_password=p["replication_password"],
-        schemas=p["schemas"], keyless_tables=p["keyless_tables"],
+        schemas=p["schemas"], keyless_tables=p["keyless_tables"], copy_method=p["copy_method"],
         pg_dump_version=p["pg_dump_version"], pg_restore_version=p["pg_restore_version"],
         dump_dir=p["dump_dir"], dump_dir_free_bytes=p["dump_dir_free_bytes"],
         replication_dir=p["replication_dir"], replication_dir_free_bytes=p["replication_dir_free_bytes"],

@@ -41,8 +41,10 @@ options:
   dump_dir:
     description: V(prepare) the received dump (one directory per section).
     type: path
-  transfer_marker:
-    description: V(prepare) the transfer's verification marker (holds the manifest's sha256, the dump's identity).
+  dump_marker:
+    description:
+      - V(prepare) the marker that the dump is complete on this host and its identity (the sha256 of its manifest):
+        the transfer's verification marker, or the dump's own where it was dumped on this host.
     type: path
   pg_restore:
     description: V(prepare) the pg_restore program that lists the sections' TOC.
@@ -134,7 +136,7 @@ from pathlib import Path
 from ansible.module_utils.ge_common import connection_argument_spec, endpoint, endpoints, engine_errors, engine_module
 
 _NEEDS = {
-    "prepare": ["work_dir", "dump_dir", "transfer_marker"],
+    "prepare": ["work_dir", "dump_dir", "dump_marker"],
     "grant": ["user"],
     "bigint": ["source"],
 }
@@ -144,7 +146,7 @@ def main() -> None:
     spec = connection_argument_spec(
         "target", scope=True,
         step=dict(type="str", required=True, choices=["prepare", "truncate", "grant", "bigint"]),
-        work_dir=dict(type="path"), dump_dir=dict(type="path"), transfer_marker=dict(type="path"),
+        work_dir=dict(type="path"), dump_dir=dict(type="path"), dump_marker=dict(type="path"),
         pg_restore=dict(type="str", default="pg_restore"),
         user=dict(type="str"),
         mode=dict(type="str", choices=["auto", "none"], default="auto"),
@@ -164,7 +166,7 @@ def main() -> None:
     with engine_errors(module, result):
         if p["step"] == "prepare":
             request = dict(target=target, schemas=schemas, work_dir=p["work_dir"], dump_dir=p["dump_dir"],
-                           transfer_marker=p["transfer_marker"], pg_restore=p["pg_restore"])
+                           dump_marker=p["dump_marker"], pg_restore=p["pg_restore"])
             result.update(restore.prepare_restore(lambda: db.connect(target, "restore"), request, check=check))
         elif p["step"] == "bigint":
             marker = Path(p["marker"]) if p["marker"] else None

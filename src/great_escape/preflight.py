@@ -66,7 +66,10 @@ class Inputs:
     replication_password: str | None = None
     schemas: list[str] | None = None
     keyless_tables: str = "refuse"
-    pg_dump_version: str | None = None  # output of `pg_dump --version` on the source host; "" if missing
+    # chunked: the schema is dumped on the replication host, the engine copies the data source -> target;
+    # pg_dump: the whole dump is written on the source host and sent to the replication host (ge_copy_method).
+    copy_method: str = "chunked"
+    pg_dump_version: str | None = None  # output of `pg_dump --version` on the dumping host; "" if missing
     pg_restore_version: str | None = None  # output of `pg_restore --version` on the replication host
     dump_dir: str = ""
     dump_dir_free_bytes: int | None = None
@@ -133,7 +136,7 @@ def run(inputs: Inputs) -> Report:
         if source is not None:
             _check_disk(inputs, report)
             _measure_read(source, inputs, tables, report)
-            _estimate(inputs.assumptions, report)
+            _estimate(inputs, report)
             _plan(source, inputs, tables, report)
     finally:
         for conn in (source, target):
@@ -503,7 +506,8 @@ def _check_clients(inputs: Inputs, report: Report) -> None:
     # server_version_num 150010 -> 1500, 90624 -> 906: the same scale as client_major().
     majors = [(v // 10000 * 100 if v >= 100000 else v // 100) for v in servers if v]
     needed = max(majors) if majors else None
-    for name, output, host in (("pg_dump", inputs.pg_dump_version, "source"),
+    dumps_on = "replication" if inputs.copy_method == "chunked" else "source"
+    for name, output, host in (("pg_dump", inputs.pg_dump_version, dumps_on),
                                ("pg_restore", inputs.pg_restore_version, "replication")):
         if output is None:
             continue  # not checked (the host does not exist yet)
@@ -531,19 +535,28 @@ def _check_disk(inputs: Inputs, report: Report) -> None:
     estimate = int(data * a.compression_factor)
     required = estimate + a.disk_reserve_bytes
     report.facts.update(dump_estimate_bytes=estimate, disk_required_bytes=required)
-    places = (("ge_dump_dir", inputs.dump_dir, inputs.dump_dir_free_bytes),
-              ("ge_replication_dir", inputs.replication_dir, inputs.replication_dir_free_bytes))
-    for var, path, free in places:
+    why = (f"dump estimate {human_bytes(estimate)} = {human_bytes(data)} of table data x compression factor "
+           f"{a.compression_factor}, plus a reserve of {human_bytes(a.disk_reserve_bytes)}")
+    for var, need in disk_needs(inputs, required).items():
+        path, free = {"ge_dump_dir": (inputs.dump_dir, inputs.dump_dir_free_bytes),
+                      "ge_replication_dir": (inputs.replication_dir, inputs.replication_dir_free_bytes)}[var]
         if free is None:
             continue
         report.facts[f"{var.removeprefix('ge_')}_free_bytes"] = free
-        if free < required:
+        if free < need:
             report.problems.append(
-                f"not enough disk at {var} {path}: {human_bytes(free)} free, {human_bytes(required)} needed "
-                f"(dump estimate {human_bytes(estimate)} = {human_bytes(data)} of table data x compression "
-                f"factor {a.compression_factor}, plus a reserve of {human_bytes(a.disk_reserve_bytes)}). "
+                f"not enough disk at {var} {path}: {human_bytes(free)} free, {human_bytes(need)} needed "
+                f"({why if need == required else 'the schema dump, within a reserve of ' + human_bytes(need)}). "
                 f"Free space there or point {var} at a larger filesystem"
             )
+
+
+def disk_needs(inputs: Inputs, required: int) -> dict[str, int]:
+    """Bytes each dump directory needs: the whole dump on both hosts with pg_dump; with the chunked copy the
+    source host writes nothing and the replication host holds the schema only (the reserve covers it)."""
+    if inputs.copy_method == "chunked":
+        return {"ge_replication_dir": inputs.assumptions.disk_reserve_bytes}
+    return {"ge_dump_dir": required, "ge_replication_dir": required}
 
 
 def _measure_read(conn: psycopg.Connection[Any], inputs: Inputs, tables: list[catalog.Table],
@@ -601,10 +614,14 @@ def _plan(conn: psycopg.Connection[Any], inputs: Inputs, tables: list[catalog.Ta
             f"bigint: {w}" for w in plan.warnings]
     required = report.facts.get("disk_required_bytes")
     if required is not None:
-        for label, var, free in (("source host", inputs.dump_dir, inputs.dump_dir_free_bytes),
-                                 ("replication host", inputs.replication_dir, inputs.replication_dir_free_bytes)):
-            report.plan.append(f"disk needed on the {label} at {var}: {human_bytes(required)}"
+        places = {"ge_dump_dir": ("source host", inputs.dump_dir, inputs.dump_dir_free_bytes),
+                  "ge_replication_dir": ("replication host", inputs.replication_dir, inputs.replication_dir_free_bytes)}
+        for var, need in disk_needs(inputs, required).items():
+            label, path, free = places[var]
+            report.plan.append(f"disk needed on the {label} at {path}: {human_bytes(need)}"
                                + (f" ({human_bytes(free)} free)" if free is not None else ""))
+        if inputs.copy_method == "chunked":
+            report.plan.append("disk needed on the source host: none (the chunked copy writes no dump there)")
 
 
 def human_bytes(n: float) -> str:
@@ -621,35 +638,44 @@ def _duration(seconds: float | None) -> str:
     return str(timedelta(seconds=round(seconds)))
 
 
-def _estimate(a: Assumptions, report: Report) -> None:
+def _estimate(inputs: Inputs, report: Report) -> None:
     data = report.facts.get("data_bytes")
     if data is None:
         return
+    a = inputs.assumptions
     index = report.facts.get("index_bytes", 0)
-    dump_bytes = data * a.compression_factor
+    mb = data / MB
     read_mb_s = report.facts.get("measured_read_mb_s") or a.dump_mb_s_per_job
-    dump = data / (read_mb_s * MB * a.dump_jobs)
-    transfer = dump_bytes / (a.transfer_mb_s * MB)
-    restore = data / (a.restore_mb_s_per_job * MB * a.restore_jobs)
+    measured = (f" (measured: {report.facts['measured_read']})" if "measured_read" in report.facts
+                else " (assumed)")
+    if inputs.copy_method == "chunked":
+        # Read, link and load run at once: the slowest of them sets the pace; the link carries the rows
+        # uncompressed (COPY's text).
+        pace = min(read_mb_s * a.restore_jobs, a.restore_mb_s_per_job * a.restore_jobs, a.transfer_mb_s)
+        copying = [{"phase": "copy data", "seconds": data / (pace * MB),
+                    "basis": f"{mb:.0f} MiB at {pace:g} MiB/s, the least of: read {read_mb_s:g} MiB/s x "
+                             f"{a.restore_jobs} jobs{measured}, load {a.restore_mb_s_per_job:g} MiB/s x "
+                             f"{a.restore_jobs} jobs, link {a.transfer_mb_s:g} MiB/s"}]
+    else:
+        dump_bytes = data * a.compression_factor
+        copying = [
+            {"phase": "dump", "seconds": data / (read_mb_s * MB * a.dump_jobs),
+             "basis": f"{mb:.0f} MiB at {read_mb_s:g} MiB/s x {a.dump_jobs} jobs{measured}"},
+            {"phase": "transfer", "seconds": dump_bytes / (a.transfer_mb_s * MB),
+             "basis": f"{dump_bytes / MB:.0f} MiB compressed at {a.transfer_mb_s:g} MiB/s"},
+            {"phase": "restore data", "seconds": data / (a.restore_mb_s_per_job * MB * a.restore_jobs),
+             "basis": f"{mb:.0f} MiB at {a.restore_mb_s_per_job:g} MiB/s x {a.restore_jobs} jobs"}]
     indexes = index / (a.index_mb_s_per_job * MB * a.restore_jobs)
     verify = data / (a.verify_mb_s * MB)
-    # Changes made while dump, transfer and restore run are applied afterwards, while new ones keep coming.
+    # Changes made while the data is copied are applied afterwards, while new ones keep coming.
     rate = report.facts.get("changes_per_second", 0.0)
-    backlog = rate * (dump + transfer + restore + indexes)
+    backlog = rate * (sum(e["seconds"] for e in copying) + indexes)
     catch_up = backlog / (a.apply_rows_s - rate) if a.apply_rows_s > rate else None
     if catch_up is None:
         report.warnings.append(f"the source changes {rate:.0f} rows/s, faster than the assumed apply rate "
                                f"{a.apply_rows_s:.0f} rows/s: the sync would never catch up; measure the "
                                "real apply rate (bench/) and set preflight_apply_rows_s")
-    mb = data / MB
-    report.estimates = [
-        {"phase": "dump", "seconds": dump, "basis": f"{mb:.0f} MiB at {read_mb_s:g} MiB/s x {a.dump_jobs} jobs"
-                                                    + (f" (measured: {report.facts['measured_read']})"
-                                                       if "measured_read" in report.facts else " (assumed)")},
-        {"phase": "transfer", "seconds": transfer, "basis": f"{dump_bytes / MB:.0f} MiB compressed at "
-                                                            f"{a.transfer_mb_s:g} MiB/s"},
-        {"phase": "restore data", "seconds": restore, "basis": f"{mb:.0f} MiB at {a.restore_mb_s_per_job:g} "
-                                                               f"MiB/s x {a.restore_jobs} jobs"},
+    report.estimates = copying + [
         {"phase": "restore indexes", "seconds": indexes, "basis": f"{index / MB:.0f} MiB of indexes at "
                                                                   f"{a.index_mb_s_per_job:g} MiB/s x "
                                                                   f"{a.restore_jobs} jobs"},

@@ -189,8 +189,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
     elif not records:
         print(f"no progress recorded in {args.state_dir}")
     else:
+        now = time.time()
         for p in records:
-            print(format_line(p))
+            # A record that stays `running` after whatever wrote it stopped (an interrupted playbook) shows its age.
+            age = f"  last sample {format_duration(now - p.updated_at)} ago" if p.state == "running" else ""
+            print(format_line(p) + age)
     return 0
 
 

@@ -242,21 +242,22 @@ def prepare_restore(connect: Callable[[], psycopg.Connection[Any]], req: dict[st
                     check: bool = False) -> dict[str, Any]:
     """Everything the restore role checks and writes before pg_restore, in one program run.
 
-    Reads the dump's identity from the transfer's verification marker; finds the step markers of
+    Reads the dump's identity from its marker (the transfer's verification, or the dump's own where it was
+    written on this host); finds the step markers of
     earlier runs and refuses markers of another dump; before pre-data is restored, refuses a target that
     already has application tables; then (unless `check`) writes the libpq password file (0600), the dump
     id and the TOC lists. `connect` opens a target connection, only when the check needs one."""
-    missing = [k for k in ("work_dir", "dump_dir", "transfer_marker", "target") if not req.get(k)]
+    missing = [k for k in ("work_dir", "dump_dir", "dump_marker", "target") if not req.get(k)]
     if missing:
         raise ConfigError(f"the prepare request lacks {', '.join(missing)}")
     work, dump_dir = Path(req["work_dir"]), Path(req["dump_dir"])
-    marker = Path(req["transfer_marker"])
+    marker = Path(req["dump_marker"])
     try:
         dump_id = str(json.loads(marker.read_text())["manifest_sha256"])
     except (OSError, ValueError, KeyError) as exc:
-        raise RestoreError(f"{marker} is missing or unreadable ({exc.__class__.__name__}): the dump was not "
-                           "transferred and verified. Run the transfer phase (playbooks/05_transfer.yml) "
-                           "first.") from exc
+        raise RestoreError(f"{marker} is missing or unreadable ({exc.__class__.__name__}): the dump is not "
+                           "complete on this host. Run the dump phase (playbooks/04_dump.yml) and, with "
+                           "ge_copy_method pg_dump, the transfer phase (playbooks/05_transfer.yml) first.") from exc
     steps = sorted(p.name for p in work.iterdir() if p.suffix in (".done", ".started")) if work.is_dir() else []
     owner = work / "dump_id"
     if owner.exists() and owner.read_text().strip() != dump_id:

@@ -101,7 +101,7 @@ def test_migration_between_majors(version_pair: VersionPair, tmp_path: Path) -> 
     # Before 15, PUBLIC may CREATE in schema public; the restore does not carry that over.
     assert any("PUBLIC may CREATE in schema public" in w for w in report.warnings)
     # A pg_dump of the older major cannot be used: named with the client to install.
-    older = preflight.run(preflight.Inputs(source=pair.source, target=pair.target,
+    older = preflight.run(preflight.Inputs(source=pair.source, target=pair.target, copy_method="pg_dump",
                                            pg_dump_version=f"pg_dump (PostgreSQL) {vp.source_major}.1", **roles))
     assert [p for p in older.problems if p.startswith("pg_dump")] == [
         f"pg_dump on the source host is {vp.source_major}, older than the newest server ({vp.target_major}); "

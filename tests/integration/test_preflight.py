@@ -37,9 +37,12 @@ def test_a_clean_pair_has_no_problem(shop):
     assert report.facts["data_bytes"] > 0
     assert report.facts["replication_user_exists"] is True
     assert [e["phase"] for e in report.estimates] == [
-        "dump", "transfer", "restore data", "restore indexes", "sync catch-up", "verify", "total"]
+        "copy data", "restore indexes", "sync catch-up", "verify", "total"]
     assert report.estimate_table()[0].startswith("phase")
     report.raise_if_problems()
+    whole = preflight.run(inputs(shop, copy_method="pg_dump"))
+    assert [e["phase"] for e in whole.estimates] == [
+        "dump", "transfer", "restore data", "restore indexes", "sync catch-up", "verify", "total"]
 
 
 def test_keyless_table_is_refused_or_copied_at_cutover(shop):
@@ -123,13 +126,21 @@ def test_unreachable_target_is_a_problem_and_the_source_is_still_checked(shop):
 
 
 def test_not_enough_disk(shop):
-    report = preflight.run(inputs(shop, dump_dir_free_bytes=1024**3,
-                                  assumptions=preflight.Assumptions(compression_factor=10_000.0)))
+    huge = preflight.Assumptions(compression_factor=10_000.0)
+    report = preflight.run(inputs(shop, copy_method="pg_dump", dump_dir_free_bytes=1024**3, assumptions=huge))
     assert len(report.problems) == 1
     assert report.problems[0].startswith("not enough disk at ge_dump_dir /dump")
     assert report.facts["disk_required_bytes"] > 1024**3
-    report = preflight.run(inputs(shop, replication_dir="/r", replication_dir_free_bytes=0))
+    report = preflight.run(inputs(shop, copy_method="pg_dump", replication_dir="/r", replication_dir_free_bytes=0))
     assert report.problems[0].startswith("not enough disk at ge_replication_dir /r")
+    # The chunked copy writes no dump on the source host and only the schema on the replication host.
+    chunked = preflight.run(inputs(shop, dump_dir_free_bytes=1024**3, replication_dir="/r",
+                                   replication_dir_free_bytes=2 * 1024**3, assumptions=huge))
+    assert chunked.problems == []
+    assert "disk needed on the source host: none (the chunked copy writes no dump there)" in chunked.plan
+    short = preflight.run(inputs(shop, replication_dir="/r", replication_dir_free_bytes=1024))
+    assert len(short.problems) == 1 and short.problems[0].startswith("not enough disk at ge_replication_dir /r")
+    assert "the schema dump" in short.problems[0]
 
 
 @pytest.mark.parametrize(("output", "message"), [

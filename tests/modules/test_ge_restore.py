@@ -66,7 +66,7 @@ def test_a_step_without_what_it_needs_is_refused_naming_the_option(apppair: DbPa
     result = run_module("ge_restore", {"step": "bigint", "target": apppair.target})
     assert result["failed"] and "source" in result["msg"]
     result = run_module("ge_restore", {"step": "prepare", "target": apppair.target, "work_dir": "/nonexistent"})
-    assert result["failed"] and "dump_dir" in result["msg"] and "transfer_marker" in result["msg"]
+    assert result["failed"] and "dump_dir" in result["msg"] and "dump_marker" in result["msg"]
 
 
 def test_prepare_target_check_real_again(dbpair: DbPair) -> None:

@@ -38,8 +38,8 @@ def test_preflight_passes_and_prints_the_estimates(shop, run_playbook):
     ("keyless", {}, 1, "public.audit. Add a primary key, or set ge_keyless_tables: copy_at_cutover"),
     ("password", {"ge_source_password": "wrong-secret-123"}, 1, "the password was refused"),
     ("closed port", {"ge_target_port": 57299}, 1, "cannot reach ge_master@127.0.0.1:57299"),
-    # The dump directory and the replication directory: both too small.
-    ("disk", {"preflight_compression_factor": 1e9}, 2, "not enough disk at ge_dump_dir"),
+    # The pg_dump method's dump directory and replication directory: both too small.
+    ("disk", {"preflight_compression_factor": 1e9, "ge_copy_method": "pg_dump"}, 2, "not enough disk at ge_dump_dir"),
     ("target data", {}, 1, "already hold rows on the target: public.orders"),
 ])
 def test_preflight_fails_with_a_clear_message_and_changes_nothing(shop, run_playbook, case, extra, problems,

@@ -237,8 +237,9 @@ def _fill(paths: list[Path]) -> None:
 def test_cleanup_removes_password_files_work_directories_and_the_dumps_unless_kept(secret_pair, keep_dumps):
     s = secret_pair
     w = s.work
-    dumps = [w / "dump", w / "replication" / "dump", w / "replication" / "transfer.done.json"]
-    work = [w / "dump.pgpass", w / "dump.transfer", w / "replication" / "restore"]
+    dumps = [w / "dump", w / "replication" / "dump", w / "replication" / "dump.done.json",
+             w / "replication" / "transfer.done.json"]
+    work = [w / "dump.pgpass", w / "dump.transfer", w / "replication" / "restore", w / "replication" / "dump.pgpass"]
     passwords = [w / "state" / "pgpass", w / "replication" / "restore" / "pgpass"]
     _fill(dumps + work + passwords)
     kept = w / "state" / "cutover-status.json"

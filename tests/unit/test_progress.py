@@ -1,5 +1,6 @@
 """Progress records: rate and ETA from this run's work, atomic files, the CLI the roles call."""
 
+import dataclasses
 import json
 
 import pytest
@@ -86,3 +87,15 @@ def test_cli_measure_then_show_lists_phases_in_order(tmp_path, capsys):
     records = json.loads(capsys.readouterr().out)
     assert records[1] | {"phase": "restore", "done": 1, "total": 4} == records[1]
     assert "eta_seconds" in records[0]
+
+
+def test_show_tells_the_age_of_a_running_record_only(tmp_path, capsys):
+    state = tmp_path / "state"
+    progress.record(state, "dump", 10, 100, state="done")
+    stale = progress.record(state, "restore", 5, 100, state="running")
+    progress._write_atomic(progress.path_for(state, "restore"), json.dumps(
+        dict(dataclasses.asdict(stale), updated_at=stale.updated_at - 7200)) + "\n")
+    assert cli.main(["progress", "show", "--state-dir", str(state)]) == 0
+    dump, restore = capsys.readouterr().out.splitlines()
+    assert "last sample" not in dump
+    assert restore.endswith("last sample 2:00:00 ago")

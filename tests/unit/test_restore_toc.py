@@ -62,7 +62,7 @@ def _prepare_request(tmp_path, dump_id="abc", password="pa:ss\\word"):
         marker.write_text(json.dumps({"manifest_sha256": dump_id}))
     return {"target": {"host": "db.example", "port": 5432, "dbname": "app", "user": "master", "password": password},
             "schemas": [], "work_dir": str(tmp_path / "restore"), "dump_dir": str(tmp_path / "dump"),
-            "transfer_marker": str(marker), "pg_restore": str(_fake_pg_restore(tmp_path))}
+            "dump_marker": str(marker), "pg_restore": str(_fake_pg_restore(tmp_path))}
 
 
 def _fake_pg_restore(tmp_path):
@@ -74,8 +74,8 @@ def _fake_pg_restore(tmp_path):
     return script
 
 
-def test_prepare_refuses_a_dump_that_was_not_transferred(tmp_path):
-    with pytest.raises(RestoreError, match="not transferred and verified"):
+def test_prepare_refuses_a_dump_without_its_marker(tmp_path):
+    with pytest.raises(RestoreError, match="the dump is not complete on this host"):
         prepare_restore(_no_connection, _prepare_request(tmp_path, dump_id=None))
     assert not (tmp_path / "restore").exists()
 
