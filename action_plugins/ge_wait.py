@@ -98,7 +98,7 @@ options:
   detail:
     description:
       - Shown after the ETA and kept in the record. With O(measure_done_key) its C({name}) fields are filled
-        from the measure's JSON output, e.g. C(data: {tables_done}/{tables_total} tables).
+        from the measure's JSON output, e.g. C(data {tables_done}/{tables_total} tables).
     type: str
     default: ""
   measure_path:

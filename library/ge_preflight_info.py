@@ -74,8 +74,8 @@ options:
   copy_method:
     description:
       - How the data moves (C(ge_copy_method)). V(chunked) dumps the schema on the replication host and copies the
-        data source -> target with the engine: no disk on the source host, the schema only on the replication
-        host, one copy estimate. V(pg_dump) writes the whole dump on the source host and sends it.
+        data source -> target with the engine, so the source host needs no disk, the replication host the schema
+        only, and one copy phase is estimated. V(pg_dump) writes the whole dump on the source host and sends it.
     type: str
     choices: [chunked, pg_dump]
     default: chunked

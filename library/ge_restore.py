@@ -39,12 +39,12 @@ options:
     description: V(prepare) the restore's markers, TOC lists and password file.
     type: path
   dump_dir:
-    description: V(prepare) the received dump (one directory per section).
+    description: V(prepare) the dump on this host (one directory per section).
     type: path
   dump_marker:
     description:
-      - V(prepare) the marker that the dump is complete on this host and its identity (the sha256 of its manifest):
-        the transfer's verification marker, or the dump's own where it was dumped on this host.
+      - V(prepare) the marker that the dump is complete on this host, holding its identity (the sha256 of its
+        manifest); the transfer's verification marker, or the dump's own where it was dumped on this host.
     type: path
   pg_restore:
     description: V(prepare) the pg_restore program that lists the sections' TOC.
