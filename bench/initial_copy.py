@@ -762,9 +762,10 @@ def _report(runs: dict[str, list[Run]], ge_variants: dict[str, dict[str, Any]], 
          f"Measured raw TCP rate source side -> AWS side: {raw_rate * 8 / 1e6:.0f} Mbit/s "
          f"({raw_rate / 2**20:.1f} MiB/s) for {50 if scale == 'quick' else 200} MiB. Source side (in the "
          "namespace): the source cluster, plain's pg_dump and its rsync push (over ssh to the AWS side), "
-         "great-escape's source host (Ansible reaches it over ssh across the link; its dump and its rsync "
-         "push run there). AWS side (root namespace): the target, Ansible's controller and replication host "
-         "(great-escape's restore), plain's pg_restore, pgcopydb (it reads the source across the link). "
+         "great-escape's source host (Ansible reaches it over ssh across the link; the pg_dump method's dump "
+         "and rsync push run there). AWS side (root namespace): the target, Ansible's controller and replication "
+         "host (great-escape's restore, and the chunked method's schema dump and copy, which read the source "
+         "across the link), plain's pg_restore, pgcopydb (it reads the source across the link). "
          "'link MiB' counts what crossed the veth pair during the variant (source -> AWS / AWS -> source), "
          "'link Mbit/s' is that over the variant's total time."),
         f"Rounds: {len(runs['plain'])}, the order rotated each round; totals and phases are medians over rounds.",
