@@ -51,7 +51,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from . import capture, catalog, copyplan, copyprogress, db
+from . import capture, catalog, copybuild, copyplan, copyprogress, db
 from . import config as configmod
 from .apply import REPORT_SECONDS, _cols, _from, _join, stream
 from .catalog import Table
@@ -61,6 +61,7 @@ from .copyworker import worker_main
 log = logging.getLogger("great_escape.copy")
 
 DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
+BUILD_POLL_SECONDS = 0.2  # while index builds run: start the next soon after one ends
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Options:
     state_dir: Path | None = None  # default: the configuration's state_dir
     require_capture: bool = True  # False only for benchmarks: then it is not a migration's initial copy
     worker_restarts: int = 3  # per job, for workers that die
+    index_builds: copybuild.Spec | None = None  # build each table's indexes once loaded (copybuild.py)
 
 
 @dataclass
@@ -85,6 +87,7 @@ class Summary:
     recopied_tables: list[str] = field(default_factory=list)  # emptied and copied again whole
     reconciled_tables: list[str] = field(default_factory=list)  # older snapshots' rows made current
     copied: list[str] = field(default_factory=list)  # table#chunk of this run
+    built_tables: int = 0  # tables whose indexes and keys this run built (or found built)
 
 
 # ---------------------------------------------------------------- coordinator
@@ -192,6 +195,7 @@ def run(cfg: configmod.Config, opts: Options) -> Summary:
     purpose = f"copy {cfg.name}"
     source = db.connect(cfg.source, purpose)
     target = db.connect(cfg.target, purpose, autocommit=True)  # each change an explicit transaction
+    builder: copybuild.Builder | None = None
     try:
         tables, tgt = _tables(source, target, cfg, opts.require_capture)
         copyplan.ensure_state(target)
@@ -203,6 +207,8 @@ def run(cfg: configmod.Config, opts: Options) -> Summary:
             # Finished: the sync may be applying changes by now, so nothing is copied or reconciled again.
             summary.chunks_total = summary.chunks_skipped = len(copyplan.loaded(target, cfg.name))
             summary.snapshot = previous
+            if opts.index_builds:  # built before it finished: the post-data step's list only
+                copybuild.write_rest(opts.index_builds, copybuild.early_entries(source, opts.index_builds, tables))
             log.info("copy %s: finished before (snapshot %s); nothing to do. To copy again, empty the target's "
                      "tables and delete the rows of %s in %s.copy_done and %s.copy_chunks", cfg.name, previous,
                      cfg.name, copyplan.SCHEMA, copyplan.SCHEMA)
@@ -233,8 +239,18 @@ def run(cfg: configmod.Config, opts: Options) -> Summary:
                  snapshot)
         tracker = copyprogress.Tracker(state_dir, planned, done)
         replica = _has_triggers(target, tgt)
+        if opts.index_builds:
+            builder = copybuild.Builder(opts.index_builds,
+                                        copybuild.early_entries(source, opts.index_builds, tables), target)
+            tracker.builder = builder
+        left = {t.qualname: 0 for t in tables}
+        for c in todo:
+            left[c.table] += 1
+        for name, n in left.items():
+            if n == 0 and builder:
+                builder.loaded(name)
         if todo:
-            _run_workers(cfg, opts, snapshot, todo, tracker, summary, replica)
+            _run_workers(cfg, opts, snapshot, todo, tracker, summary, replica, left, builder)
         stale = sorted({table for (table, _), snap in done.items() if snap != snapshot and table in in_scope})
         if stale and replica:  # the target's triggers must not fire (DESIGN.md invariant 6)
             db.set_replica_role(target, cfg.target_replica_role_function)
@@ -247,11 +263,18 @@ def run(cfg: configmod.Config, opts: Options) -> Summary:
             sql.Identifier(copyplan.SCHEMA, copyplan.CHUNKS_TABLE)), (cfg.name,)).fetchone()
         target.rollback()
         summary.snapshots = int(snapshots[0]) if snapshots else 1
+        if builder:
+            tracker.write("running")
+            builder.wait()
+            summary.built_tables = len(builder.done)
+            copybuild.write_rest(builder.spec, builder.entries)
         copyplan.mark_finished(target, cfg.name, snapshot)
         summary.seconds = round(time.monotonic() - started, 3)
         tracker.write("done")
         return summary
     except BaseException:
+        if builder:
+            builder.stop()
         try:
             copyprogress.Tracker.fail(state_dir)
         except Exception:  # noqa: BLE001 - the original error matters more
@@ -277,9 +300,10 @@ def _lock(target: psycopg.Connection[Any], name: str, wait: float = 10.0) -> boo
 
 
 def _run_workers(cfg: configmod.Config, opts: Options, snapshot: str, todo: list[Chunk], tracker: copyprogress.Tracker,
-                 summary: Summary, replica: bool) -> None:
+                 summary: Summary, replica: bool, left: dict[str, int], builder: copybuild.Builder | None) -> None:
     """Hand the chunks, biggest first, to `opts.jobs` worker processes; replace a worker that dies and hand
-    its chunk out again (the snapshot is still held here, so it is read in the same snapshot)."""
+    its chunk out again (the snapshot is still held here, so it is read in the same snapshot). `left` counts
+    each table's chunks still to load; the builder gets a table when its count reaches 0."""
     ctx = mp.get_context("spawn")  # a fresh interpreter: no connection of the coordinator's is inherited
     raw = _config_dict(cfg)
     pending = deque(todo)
@@ -340,7 +364,8 @@ def _run_workers(cfg: configmod.Config, opts: Options, snapshot: str, todo: list
             if not workers:
                 raise CopyError(f"copy {cfg.name}: no worker left with {remaining} chunk(s) to copy")
             by_pipe = {pipe: wid for wid, (_, pipe) in workers.items()}
-            for pipe in mp_connection.wait(list(by_pipe), timeout=REPORT_SECONDS):
+            building = builder is not None and builder.busy
+            for pipe in mp_connection.wait(list(by_pipe), timeout=BUILD_POLL_SECONDS if building else REPORT_SECONDS):
                 wid = by_pipe[pipe]
                 try:
                     kind, label, payload = pipe.recv()
@@ -358,12 +383,18 @@ def _run_workers(cfg: configmod.Config, opts: Options, snapshot: str, todo: list
                     rows, nbytes = payload if kind == "done" else (0, 0)
                     tracker.finish(label, rows, nbytes)
                     remaining -= 1
+                    table = tracker.chunks[label].table
+                    left[table] -= 1
+                    if left[table] == 0 and builder:
+                        builder.loaded(table)
                     if kind == "done":
                         summary.chunks_copied += 1
                         summary.rows += rows
                         summary.bytes += nbytes
                         summary.copied.append(label)
                 hand_out(wid)  # after ready, done or skip
+            if builder:
+                builder.poll()
             if time.monotonic() - last_write >= REPORT_SECONDS:
                 tracker.write("running")
                 last_write = time.monotonic()
@@ -410,6 +441,9 @@ def add_parser(sub: Any) -> None:
                              f"(default {DEFAULT_CHUNK_BYTES}); a rerun keeps the plan recorded by the first run")
     parser.add_argument("--state-dir", help="where progress is written (default: state_dir of the configuration)")
     parser.add_argument("--progress", action="store_true", help="print the progress as JSON and exit")
+    parser.add_argument("--index-builds", metavar="FILE",
+                        help="build each table's indexes and keys with pg_restore as soon as its chunks are loaded, "
+                             "as this JSON file says (written by the restore role; see copybuild.py)")
     parser.add_argument("--without-capture", action="store_true",
                         help="copy even where capture is not installed (benchmarks only: changes during the copy "
                              "are not recorded)")
@@ -433,7 +467,8 @@ def _main(args: argparse.Namespace) -> int:
     cfg = configmod.load(args.config)
     opts = Options(jobs=args.jobs, chunk_bytes=args.chunk_bytes,
                    state_dir=Path(args.state_dir) if args.state_dir else None,
-                   require_capture=not args.without_capture)
+                   require_capture=not args.without_capture,
+                   index_builds=copybuild.load_spec(args.index_builds) if args.index_builds else None)
     summary = run(cfg, opts)
     out = asdict(summary)
     out["copied"] = len(summary.copied)

@@ -43,6 +43,7 @@ class Tracker:
         self.chunks = {c.label: c for c in planned}
         self.tables: dict[str, TableProgress] = {}
         self.running: dict[str, int] = {}
+        self.builder: Any = None  # copybuild.Builder when the copy builds indexes
         self.started = time.time()
         for c in planned:
             tp = self.tables.setdefault(c.table, TableProgress())
@@ -89,7 +90,14 @@ class Tracker:
                 "tables_done": sum(1 for t in self.tables.values() if t.chunks_done == t.chunks),
                 "tables_total": len(self.tables), "rate": rate,
                 "eta_seconds": 0.0 if state == "done" else ((total - done) / rate if rate else None),
-                "running": sorted(self.running), "updated_at": time.time(), "tables": tables}
+                "running": sorted(self.running), "updated_at": time.time(), "tables": tables,
+                **self._builds()}
+
+    def _builds(self) -> dict[str, Any]:
+        if self.builder is None:
+            return {}
+        return {"tables_built": len(self.builder.done), "tables_to_build": self.builder.total,
+                "building": sorted(self.builder.running)}
 
     def write(self, state: str, *, restart: bool = False) -> None:
         snap = self.snapshot(state)
@@ -97,7 +105,9 @@ class Tracker:
         progress.record(self.state_dir, PROGRESS_PHASE, snap["bytes_done"], snap["bytes_total"], state=state,
                         estimated=True, restart=restart,
                         detail=f"{snap['chunks_done']}/{snap['chunks_total']} chunks, "
-                               f"{snap['tables_done']}/{snap['tables_total']} tables")
+                               f"{snap['tables_done']}/{snap['tables_total']} tables"
+                               + (f", indexes of {snap['tables_built']}/{snap['tables_to_build']} built"
+                                  if "tables_built" in snap else ""))
 
     @staticmethod
     def fail(state_dir: Path) -> None:

@@ -21,8 +21,9 @@ from .copyplan import Chunk
 FIRST_NORMAL_OID = 16384  # types below are built in: the same oid and binary format on every server
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this worker when the coordinator dies, so no worker outlives its snapshot."""
+def die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent, the coordinator, dies: no worker outlives its snapshot, no
+    index build (copybuild.py) races a rerun's."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # pragma: no cover - not Linux
@@ -63,7 +64,7 @@ def worker_main(cfg_raw: dict[str, Any], snapshot: str, conn: Any, worker_id: in
     """Load the chunks the coordinator sends on `conn` until None. Reports on the same pipe: ("ready"|"bytes"|
     "done"|"skip"|"error", chunk label, payload). One pipe per worker, no shared queue: a worker killed at any
     moment leaves no lock held that the others would wait for."""
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides; a ^C reaches it too
     cfg = configmod.from_dict(cfg_raw)
     purpose = f"copy {cfg.name} worker {worker_id}"
