@@ -30,6 +30,7 @@ the same snapshot. When the coordinator dies the snapshot dies with it, and a re
   (TRUNCATE on the target, markers deleted, in one transaction) and all its chunks copied again in S.
 - Tables whose changes are not all in a delta table (not captured: no key, excluded, or a copy run with
   --without-capture; or a TRUNCATE event pending) are emptied and copied again in S the same way.
+At the end the sequences' values are copied from the source (sequences.py), never moving one backwards.
 Binary COPY where every column has the same built-in type on both sides; text otherwise (int -> bigint),
 with the session settings db.connect() pins on both sides.
 """
@@ -51,7 +52,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from . import capture, catalog, copybuild, copyplan, copyprogress, db
+from . import capture, catalog, copybuild, copyplan, copyprogress, db, sequences
 from . import config as configmod
 from .apply import REPORT_SECONDS, _cols, _from, _join, stream
 from .catalog import Table
@@ -212,6 +213,7 @@ def run(cfg: configmod.Config, opts: Options) -> Summary:
             log.info("copy %s: finished before (snapshot %s); nothing to do. To copy again, empty the target's "
                      "tables and delete the rows of %s in %s.copy_done and %s.copy_chunks", cfg.name, previous,
                      cfg.name, copyplan.SCHEMA, copyplan.SCHEMA)
+            summary.sequences_moved = _copy_sequences(cfg)  # never backwards: harmless if the sync runs
             return summary
         with target.transaction():
             planned = copyplan.load_plan(target, cfg.name)
@@ -269,6 +271,7 @@ def run(cfg: configmod.Config, opts: Options) -> Summary:
             summary.built_tables = len(builder.done)
             copybuild.write_rest(builder.spec, builder.entries)
         copyplan.mark_finished(target, cfg.name, snapshot)
+        summary.sequences_moved = _copy_sequences(cfg)
         summary.seconds = round(time.monotonic() - started, 3)
         tracker.write("done")
         return summary
@@ -283,6 +286,15 @@ def run(cfg: configmod.Config, opts: Options) -> Summary:
     finally:
         source.close()
         target.close()
+
+
+def _copy_sequences(cfg: configmod.Config) -> int:
+    """The sequences' values, read from the source now (pg_dump's data section holds them; the schema dump
+    of the chunked method does not). Never moved backwards, so a rerun is harmless; the cutover copies them
+    again once writes have stopped."""
+    plan = sequences.copy_sequences(cfg.source, cfg.target, cfg.schemas, cfg.exclude_tables)
+    log.info("copy %s: %d sequence(s), %d set to the source's value", cfg.name, len(plan.items), plan.moved)
+    return plan.moved
 
 
 def _lock(target: psycopg.Connection[Any], name: str, wait: float = 10.0) -> bool:

@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import subprocess
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,8 @@ class Entry:
     line: str  # the TOC line, as pg_restore -L reads it
     table: str  # Table.qualname
     constraint: bool  # a constraint of the table, else an index
-    schema: str
+    schema: str  # of the table, its indexes and constraints
+    relname: str  # the table's
     name: str  # of the index or the constraint
 
 
@@ -95,21 +97,21 @@ def early_entries(source: psycopg.Connection[Any], spec: Spec, tables: list[Tabl
             ids[(int(m.group(2)), int(m.group(3)))] = line
     by_relid = {t.relid: t for t in tables if not t.partitioned}
     found = source.execute(
-        "SELECT %(class)s, i.indexrelid::int8, i.indrelid::int8, false, n.nspname, c.relname"
+        "SELECT %(class)s, i.indexrelid::int8, i.indrelid::int8, false, c.relname"
         " FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid"
-        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE i.indexrelid = ANY(%(indexes)s::oid[])"
+        " WHERE i.indexrelid = ANY(%(indexes)s::oid[])"
         " UNION ALL"
-        " SELECT %(constraint)s, k.oid::int8, k.conrelid::int8, true, n.nspname, k.conname"
-        " FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_namespace n ON n.oid = k.connamespace"
+        " SELECT %(constraint)s, k.oid::int8, k.conrelid::int8, true, k.conname FROM pg_catalog.pg_constraint k"
         " WHERE k.oid = ANY(%(constraints)s::oid[]) AND k.contype IN ('p', 'u', 'x')",
         {"class": PG_CLASS, "constraint": PG_CONSTRAINT,
          "indexes": [oid for cat, oid in ids if cat == PG_CLASS],
          "constraints": [oid for cat, oid in ids if cat == PG_CONSTRAINT]}).fetchall()
     out: dict[str, list[Entry]] = {}
-    for cat, oid, relid, constraint, schema, name in found:
+    for cat, oid, relid, constraint, name in found:
         table = by_relid.get(relid)
         if table is not None:
-            out.setdefault(table.qualname, []).append(Entry(ids[(cat, oid)], table.qualname, constraint, schema, name))
+            out.setdefault(table.qualname, []).append(
+                Entry(ids[(cat, oid)], table.qualname, constraint, table.schema, table.name, name))
     for entries in out.values():
         entries.sort(key=lambda e: int(e.line.split(";", 1)[0]))  # the dump's order: constraints before indexes
     return out
@@ -152,6 +154,7 @@ class Builder:
         self.queue: deque[str] = deque()
         self.running: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
         self.done: list[str] = []
+        self.waited: set[str] = set()
         spec.log_dir.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -174,14 +177,22 @@ class Builder:
             if proc.poll() is None:
                 continue
             del self.running[table]
-            left = missing(self.target, self.entries[table])
-            if left:  # an exit 0 with something missing cannot happen; a failure with nothing missing can (a race)
+            if missing(self.target, self.entries[table]):
                 raise CopyError(f"building the indexes and keys of {table} failed (pg_restore exit {proc.returncode}):"
                                 f" {_last_error(logfile)} (log {logfile}). Nothing else of it is lost: fix the cause "
                                 "and run the restore again, it builds only what is missing")
             self._finished(table)
-        while self.queue and len(self.running) < self.spec.jobs:
+        for _ in range(len(self.queue)):
+            if len(self.running) >= self.spec.jobs:
+                break
             table = self.queue.popleft()
+            if self._locked_elsewhere(self.entries[table][0]):
+                if table not in self.waited:
+                    self.waited.add(table)
+                    log.info("%s: another session holds a lock on it (a killed run's build?); building once it "
+                             "ends", table)
+                self.queue.append(table)  # later
+                continue
             todo = missing(self.target, self.entries[table])
             if not todo:
                 self._finished(table)
@@ -193,12 +204,24 @@ class Builder:
             self.poll()
             if self.running:
                 _wait_any([p for p, _ in self.running.values()], step)
+            elif self.queue:  # waiting for another session's lock
+                time.sleep(step)
 
     def stop(self) -> None:
         for proc, _ in self.running.values():
             proc.kill()
             proc.wait()
         self.running.clear()
+
+    def _locked_elsewhere(self, entry: Entry) -> bool:
+        """Whether another session holds or awaits a lock on the table: a build of a killed run whose server
+        side goes on (pg_restore died, its CREATE INDEX did not). Building meanwhile would race it for the
+        index's name; once it ended, what it committed is found on the target and not built again."""
+        row = self.target.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'relation' AND pid <> "
+            "pg_catalog.pg_backend_pid() AND relation = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', "
+            "%s::text, %s::text)))", (entry.schema, entry.relname)).fetchone()
+        return bool(row and row[0])
 
     def _start(self, table: str, todo: list[Entry]) -> None:
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", table)

@@ -77,6 +77,10 @@ class SequencePlan:
     def changed(self) -> bool:
         return bool(self.steps)
 
+    @property
+    def moved(self) -> int:
+        return len(self.steps)
+
     def diff(self) -> dict[str, dict[str, int]]:
         return {
             "before": {i.sequence: i.target_before for i in self.items},
@@ -244,8 +248,7 @@ def format_table(plan: SequencePlan) -> str:
               _value(i.target_after, i.target_is_called_after), i.action) for i in plan.items]
     widths = [max(len(r[c]) for r in rows) for c in range(5)]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    moved = sum(1 for i in plan.items if i.action == "set")
-    lines.append(f"{len(plan.items)} sequence(s), {moved} moved")
+    lines.append(f"{len(plan.items)} sequence(s), {plan.moved} moved")
     return "\n".join(lines)
 
 

@@ -1,5 +1,6 @@
 """Index builds during the chunked copy (copybuild.py): each table's indexes and keys built by pg_restore from the
-dump's post-data entries once its chunks are loaded, the rest left to post-data, idempotent across kill -9."""
+dump's post-data entries once its chunks are loaded, the rest left to post-data, idempotent across kill -9; and
+the sequences' values the copy sets at its end."""
 
 import json
 import os
@@ -26,6 +27,7 @@ CREATE INDEX events_kind ON events (kind);
 CREATE TABLE plain (a int NOT NULL UNIQUE, b text);
 CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
 CREATE TRIGGER child_touch BEFORE UPDATE ON child FOR EACH ROW EXECUTE FUNCTION touch();
+CREATE SEQUENCE ticket_seq;
 """
 SEED = """
 INSERT INTO parent SELECT g, 'p' || g, tstzrange(now() + g * interval '1 hour', now() + (g + 1) * interval '1 hour')
@@ -34,6 +36,7 @@ INSERT INTO child SELECT g, 1 + g % 3000, repeat('c', 30) || g, g % 50 FROM gene
 INSERT INTO events SELECT g, 'k' || g % 7, '2024-01-01'::timestamptz + g * interval '1 minute'
   FROM generate_series(1, 2000) g;
 INSERT INTO plain SELECT g, 'x' FROM generate_series(1, 100) g;
+SELECT setval('ticket_seq', 4242);
 """
 # What the copy builds (ordinary tables' indexes and keys); events' (partitioned) and the foreign key and trigger
 # are post-data's.
@@ -107,6 +110,8 @@ def test_tables_get_their_indexes_during_the_copy_and_post_data_the_rest(dbpair,
     summary = copy.run(cfg, copy.Options(jobs=2, chunk_bytes=64 * 1024, state_dir=tmp_path / "state",
                                          index_builds=spec))
     assert summary.built_tables == 3
+    assert summary.sequences_moved == 1  # the schema dump has no sequence values: the copy sets them
+    assert dbpair.sql_target("SELECT last_value, is_called FROM ticket_seq") == [(4242, True)]
     built = _names(dbpair.target)
     assert set().union(*EARLY.values()) <= built
     assert not {"child_parent_id_fkey", "events_kind", "events_pkey", "child_touch"} & built
@@ -134,6 +139,8 @@ def test_a_rerun_builds_only_what_is_missing(dbpair, tmp_path):
     summary = copy.run(cfg, opts)
     assert summary.chunks_copied == 0
     assert summary.built_tables == 3
+    assert summary.sequences_moved == 0  # set by the first run already
+    assert dbpair.sql_target("SELECT last_value, is_called FROM ticket_seq") == [(4242, True)]
     assert [line.split()[3:6] for line in (tmp_path / "builds" / "public.child.list").read_text().splitlines()] \
         == [["INDEX", "public", "child_v"]]
     assert set().union(*EARLY.values()) <= _names(dbpair.target)
