@@ -126,6 +126,8 @@ SECTIONS = {
     # Task names of the roles before and after the 2026-11 overhaul (the "before" variant runs the old ones).
     "dump": ((r"(?:Report a section dumped by an earlier run|Check whether this section is already dumped) (\S+)$",
               "pg_dump {0}"),
+             (r"Ensure the schema sections are dumped", "pg_dump schema sections"),
+             (r"Ensure the data section is dumped", "pg_dump data"),
              (r"Ensure the sha256 manifest", "manifest")),
     "transfer": ((r"Start one rsync per stream|Start rsync", "rsync"),
                  (r"Compare every received file", "verify")),

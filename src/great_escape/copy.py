@@ -31,8 +31,9 @@ the same snapshot. When the coordinator dies the snapshot dies with it, and a re
 - Tables whose changes are not all in a delta table (not captured: no key, excluded, or a copy run with
   --without-capture; or a TRUNCATE event pending) are emptied and copied again in S the same way.
 At the end the sequences' values are copied from the source (sequences.py), never moving one backwards.
-Binary COPY where every column has the same built-in type on both sides; text otherwise (int -> bigint),
-with the session settings db.connect() pins on both sides.
+Binary COPY where every column has the same built-in type on both sides, or is an integer the bigint step
+widened (read cast to bigint on the source); text otherwise, with the session settings db.connect() pins on
+both sides.
 """
 
 from __future__ import annotations

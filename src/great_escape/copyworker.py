@@ -19,6 +19,8 @@ from .catalog import Table
 from .copyplan import Chunk
 
 FIRST_NORMAL_OID = 16384  # types below are built in: the same oid and binary format on every server
+# (source type oid, target type oid) -> the cast: the integer widenings of the bigint step (bigint.py)
+WIDENED = {(21, 23): "int4", (21, 20): "int8", (23, 20): "int8"}
 
 
 def die_with_parent() -> None:
@@ -30,13 +32,25 @@ def die_with_parent() -> None:
         pass
 
 
-def _binary_ok(source: psycopg.Connection[Any], target: psycopg.Connection[Any], src: Table, tgt: Table) -> bool:
-    """Binary COPY only when each copied column has the same built-in type on both sides."""
+def select_list(source: psycopg.Connection[Any], target: psycopg.Connection[Any], src: Table,
+                tgt: Table) -> tuple[sql.Composable, bool]:
+    """The chunk query's select list, and whether COPY may be binary: each copied column of the same built-in
+    type on both sides, or an integer the bigint step widened, read cast to the target's type (its binary form
+    differs: 4 bytes against 8)."""
     query = ("SELECT attname, atttypid::int8, pg_catalog.format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute "
              "WHERE attrelid = %s::oid AND attnum > 0 AND NOT attisdropped")
     s = {r[0]: (r[1], r[2]) for r in source.execute(query, (src.relid,)).fetchall()}
     t = {r[0]: (r[1], r[2]) for r in target.execute(query, (tgt.relid,)).fetchall()}
-    return all(c in s and c in t and s[c] == t[c] and s[c][0] < FIRST_NORMAL_OID for c in src.copy_columns)
+    items: list[sql.Composable] = []
+    binary = True
+    for c in src.copy_columns:
+        widened = WIDENED.get((s[c][0], t[c][0])) if c in s and c in t else None
+        if widened:
+            items.append(sql.SQL("{}::{}").format(sql.Identifier(c), sql.SQL(widened)))
+        else:
+            items.append(sql.Identifier(c))
+            binary = binary and c in s and c in t and s[c] == t[c] and s[c][0] < FIRST_NORMAL_OID
+    return sql.SQL(", ").join(items), binary
 
 
 def copy_chunk(source: psycopg.Connection[Any], target: psycopg.Connection[Any], src: Table, tgt: Table,
@@ -44,10 +58,10 @@ def copy_chunk(source: psycopg.Connection[Any], target: psycopg.Connection[Any],
     """Load one chunk in one target transaction with its marker; returns (rows, bytes). Both connections
     must be idle; the source is left idle, the target committed."""
     source.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-    binary = _binary_ok(source, target, src, tgt)
+    columns, binary = select_list(source, target, src, tgt)
     fmt = sql.SQL(" (FORMAT binary)" if binary else "")
     query = sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT{}").format(
-        _cols(src.copy_columns), _from(src), copyplan.range_filter(src, chunk), fmt)
+        columns, _from(src), copyplan.range_filter(src, chunk), fmt)
     load = sql.SQL("COPY {} ({}) FROM STDIN{}").format(tgt.ident, _cols(src.copy_columns), fmt)
     try:
         with target.transaction():

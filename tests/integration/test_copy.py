@@ -14,7 +14,7 @@ import psycopg
 import pytest
 import yaml
 
-from great_escape import copy, copyplan, daemon
+from great_escape import catalog, copy, copyplan, copyworker, daemon
 from great_escape.copyplan import CopyError
 from tests.integration.syncutil import assert_identical, install_capture, make_config, setup_schema
 from tests.integration.workload import SEED, SOURCE_DDL, TARGET_EXTRA
@@ -387,6 +387,23 @@ def test_a_killed_worker_is_replaced_and_its_chunk_loaded_in_the_same_snapshot(d
     summary = json.loads(out)
     assert summary["snapshots"] == 1 and summary["chunks_skipped"] == 0
     assert summary["chunks_total"] == sum(_markers(dbpair, cfg.name).values())
+    assert_identical(dbpair)
+
+
+def test_widened_integer_keys_are_copied_in_binary_cast_on_the_source(dbpair, tmp_path):
+    """The bigint step's int -> bigint keys do not force text COPY: the source reads them cast to bigint."""
+    setup_schema(dbpair, SPLIT_DDL, SPLIT_TARGET_DDL)
+    dbpair.sql_source(SPLIT_SEED)
+    dbpair.sql_target("ALTER TABLE small ALTER id TYPE smallint")  # a narrowing: text COPY, as before
+    with psycopg.connect(**dbpair.source) as src, psycopg.connect(**dbpair.repl) as tgt:
+        tables = {t.name: t for t in catalog.list_tables(src, ["public"])}
+        targets = {t.name: t for t in catalog.list_tables(tgt, ["public"])}
+        columns, binary = copyworker.select_list(src, tgt, tables["bykey"], targets["bykey"])
+        assert binary and columns.as_string(src) == '"id"::int8, "v", "n"'
+        assert copyworker.select_list(src, tgt, tables["bytext"], targets["bytext"])[1]
+        assert not copyworker.select_list(src, tgt, tables["small"], targets["small"])[1]
+    cfg = _config(dbpair, tmp_path)
+    copy.run(cfg, _opts(tmp_path))
     assert_identical(dbpair)
 
 

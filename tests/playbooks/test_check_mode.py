@@ -111,6 +111,7 @@ def test_migrate_in_check_mode_prints_the_plan_and_changes_nothing(dbpair: DbPai
             "disk needed on the replication host", "(measured: ", "created by prepare-target:",
             # what capture installs, then what each later phase would do
             "install capture on shop.order_lines", "install schema freeze",
-            "check mode: would run pg_dump --section=data (no table data", "nothing to transfer",
+            "check mode: would run pg_dump --section=pre-data",
+            "--section=data (no table data: the chunked copy reads it)", "nothing to transfer",
             "check mode: restore would restore", "check mode: sync would start", "check mode: verify would compare"):
         assert expected in plan, f"the plan does not mention {expected!r}"
