@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from .catalog import Table
 from .copyplan import CopyError
@@ -91,10 +90,12 @@ def early_entries(source: psycopg.Connection[Any], spec: Spec, tables: list[Tabl
     except OSError as exc:
         raise CopyError(f"cannot read the post-data TOC list {spec.toc_list}: {exc.strerror}") from exc
     ids: dict[tuple[int, int], str] = {}
-    for line in lines:
+    position: dict[str, int] = {}
+    for n, line in enumerate(lines):
         m = _ENTRY.match(line)
         if m:
             ids[(int(m.group(2)), int(m.group(3)))] = line
+            position[line] = n
     by_relid = {t.relid: t for t in tables if not t.partitioned}
     found = source.execute(
         "SELECT %(class)s, i.indexrelid::int8, i.indrelid::int8, false, c.relname"
@@ -113,7 +114,7 @@ def early_entries(source: psycopg.Connection[Any], spec: Spec, tables: list[Tabl
             out.setdefault(table.qualname, []).append(
                 Entry(ids[(cat, oid)], table.qualname, constraint, table.schema, table.name, name))
     for entries in out.values():
-        entries.sort(key=lambda e: int(e.line.split(";", 1)[0]))  # the dump's order: constraints before indexes
+        entries.sort(key=lambda e: position[e.line])  # the list's order, pg_restore's
     return out
 
 
@@ -132,12 +133,12 @@ def missing(target: psycopg.Connection[Any], entries: list[Entry]) -> list[Entry
     out = []
     for e in entries:
         if e.constraint:
-            query = sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_namespace n"
-                            " ON n.oid = k.connamespace WHERE n.nspname = %s AND k.conname = %s)")
+            query = ("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE conname = %(name)s AND conrelid ="
+                     " pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %(schema)s::text, %(table)s::text)))")
         else:
-            query = sql.SQL("SELECT pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text))"
-                            " IS NOT NULL")
-        row = target.execute(query, (e.schema, e.name)).fetchone()
+            query = ("SELECT pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %(schema)s::text, %(name)s::text))"
+                     " IS NOT NULL")
+        row = target.execute(query, {"schema": e.schema, "table": e.relname, "name": e.name}).fetchone()
         if not (row and row[0]):
             out.append(e)
     target.rollback()
