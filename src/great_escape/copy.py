@@ -90,6 +90,7 @@ class Summary:
     reconciled_tables: list[str] = field(default_factory=list)  # older snapshots' rows made current
     copied: list[str] = field(default_factory=list)  # table#chunk of this run
     built_tables: int = 0  # tables whose indexes and keys this run built (or found built)
+    sequences_moved: int = 0  # sequences set to the source's value at the end (never moved backwards)
 
 
 # ---------------------------------------------------------------- coordinator
