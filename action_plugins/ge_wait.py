@@ -269,13 +269,14 @@ def poll_script(results_file: str, interval: float, jid: str, group: int | None,
     """POSIX sh for one poll: wait up to `interval` for the job to end, then report whether it wrote its
     result, whether it still runs, and the measure's output, after marker lines.
 
-    While the group is known, each check is the shell's builtin `kill -0` (no process started) and the
-    results file is read once, at the end: the group ends right after the job writes its result. Without
-    the group, the results file is read at every check and `ps` tells once per poll whether the job's
-    async_wrapper processes still run."""
+    Each check uses shell builtins only (no process started): the results file's first line, and while the
+    group is known `kill -0`. The file is what ends the wait: the job's group outlives the job by up to 5 s,
+    its leader a zombie until async_wrapper's supervisor wakes from its sleep to reap it. Without the group,
+    `ps` tells once per poll whether the job's async_wrapper processes still run."""
     steps, step = check_steps(interval)
     quoted = shlex.quote(results_file)
-    ended = f"""case $(head -c {len(_RUNNING_HEAD)} {quoted} 2>/dev/null) in ''|'{_RUNNING_HEAD}'*) false;; esac"""
+    ended = (f"{{ l=; [ -r {quoted} ] && IFS= read -r l < {quoted}; "
+             f"case $l in ''|'{_RUNNING_HEAD}'*) false;; esac; }}")
     if group is None:
         gone = f"[ ! -e {quoted} ] || {ended}"
         alive = ("if ! ps -ww -eo args= >/dev/null 2>&1; then al=unknown\n"
@@ -283,7 +284,7 @@ def poll_script(results_file: str, interval: float, jid: str, group: int | None,
                  "else al=0; fi")
     else:
         # kill -0 answers for our own jobs; ps also for a group we may not signal (another user's).
-        gone = f"! kill -0 -{group} 2>/dev/null"
+        gone = f"! kill -0 -{group} 2>/dev/null || {ended}"
         alive = (f"if kill -0 -{group} 2>/dev/null; then al=1\n"
                  f"elif ps -eo pgid= 2>/dev/null | tr -d ' ' | grep -qx {group}; then al=1\n"
                  "else al=0; fi")

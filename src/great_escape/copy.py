@@ -222,7 +222,7 @@ def run(cfg: configmod.Config, opts: Options) -> Summary:
             known = {c.table for c in planned}
             new = [t for t in tables if t.qualname not in known]
             if new:
-                fresh = copyplan.plan(source, new, opts.chunk_bytes)
+                fresh = copyplan.plan(source, new, opts.chunk_bytes, opts.jobs)
                 copyplan.save_plan(target, cfg.name, fresh)
                 planned += fresh
         in_scope = {t.qualname for t in tables}
@@ -452,7 +452,8 @@ def add_parser(sub: Any) -> None:
                         "connection (default 2)")
     parser.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES,
                         help=f"split tables larger than this (pg_table_size) into chunks of about this size "
-                             f"(default {DEFAULT_CHUNK_BYTES}); a rerun keeps the plan recorded by the first run")
+                             f"(default {DEFAULT_CHUNK_BYTES}; smaller, down to 16 MiB, when the database is too "
+                             "small for 4 chunks per job); a rerun keeps the plan recorded by the first run")
     parser.add_argument("--state-dir", help="where progress is written (default: state_dir of the configuration)")
     parser.add_argument("--progress", action="store_true", help="print the progress as JSON and exit")
     parser.add_argument("--index-builds", metavar="FILE",

@@ -1,6 +1,8 @@
 """The chunked initial copy's plan and markers: which tables are split, how, and what is loaded.
 
-A table larger than `chunk_bytes` (pg_table_size on the source) is split into ranges:
+A table larger than the chunk size (pg_table_size on the source) is split into ranges. The chunk size is
+`chunk_bytes`, or less for a database too small to give each worker CHUNKS_PER_JOB chunks (never below
+MIN_CHUNK_BYTES): with a few big chunks one worker loads the last while the others idle.
 - by value of its key when the key is one integer column (min..max cut into equal value ranges),
 - else by ctid pages (`ctid >= '(a,0)' AND ctid < '(b,0)'`: a TID range scan, PostgreSQL 14+),
 - else (partitioned tables without an integer key, sources older than 14) it stays one chunk.
@@ -35,6 +37,8 @@ PLAN_TABLE = "copy_plan"
 CHUNKS_TABLE = "copy_chunks"
 INTEGER_TYPES = ("smallint", "integer", "bigint")
 TID_RANGE_SCAN_VERSION = 140000  # TID range scans: below this a ctid range reads the whole table
+CHUNKS_PER_JOB = 4
+MIN_CHUNK_BYTES = 16 * 1024 * 1024  # below this a chunk's own cost (transaction, snapshot, range scan) shows
 
 _DDL = (
     "CREATE TABLE IF NOT EXISTS {schema}.copy_plan ("
@@ -137,13 +141,19 @@ def plan_table(conn: psycopg.Connection[Any], table: Table, size: int, pages: in
             for i, (lo, hi) in enumerate(ranges)]
 
 
-def plan(conn: psycopg.Connection[Any], tables: list[Table], chunk_bytes: int) -> list[Chunk]:
+def chunk_size(total_bytes: int, chunk_bytes: int, jobs: int) -> int:
+    """The size tables are split at (see the module docstring)."""
+    return min(chunk_bytes, max(MIN_CHUNK_BYTES, total_bytes // (max(1, jobs) * CHUNKS_PER_JOB)))
+
+
+def plan(conn: psycopg.Connection[Any], tables: list[Table], chunk_bytes: int, jobs: int) -> list[Chunk]:
     """Every table's chunks, read from the source (outside any snapshot: the open ends cover growth)."""
     sizes = table_sizes(conn, tables)
+    size_at = chunk_size(sum(size for size, _ in sizes.values()), chunk_bytes, jobs)
     chunks: list[Chunk] = []
     for t in tables:
         size, pages = sizes.get(t.relid, (0, 0))
-        chunks += plan_table(conn, t, size, pages, chunk_bytes)
+        chunks += plan_table(conn, t, size, pages, size_at)
     conn.rollback()
     return chunks
 

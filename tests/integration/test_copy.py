@@ -417,3 +417,11 @@ def test_ranges_cover_every_value_once_with_open_ends():
         assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))  # adjacent, no gap
         assert all(int(a) < int(b) for a, b in zip(cuts, cuts[1:], strict=False))
         assert all(lo < c <= hi for c in cuts)
+
+
+def test_a_small_database_is_cut_into_chunks_for_every_worker():
+    mib = 1024 * 1024
+    assert copyplan.chunk_size(5000 * mib, 256 * mib, 2) == 256 * mib  # big: the configured size
+    assert copyplan.chunk_size(512 * mib, 256 * mib, 2) == 64 * mib  # 4 chunks a job, the last ones even
+    assert copyplan.chunk_size(40 * mib, 256 * mib, 2) == copyplan.MIN_CHUNK_BYTES  # not below the floor
+    assert copyplan.chunk_size(40 * mib, CHUNK, 2) == CHUNK  # a smaller configured size is kept

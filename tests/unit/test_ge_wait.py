@@ -68,6 +68,17 @@ def test_the_wait_ends_as_soon_as_the_job_group_ends(tmp_path, group):
     assert (seen.state, seen.alive, seen.measure_rc) == ("running", False, None)  # killed before its result
 
 
+def test_a_written_result_ends_the_wait_while_the_job_group_lingers(tmp_path, group):
+    # async_wrapper reaps the job's group leader only when its supervisor wakes (every 5 s): the group still
+    # answers kill -0 after the job wrote its result.
+    results = tmp_path / "j1.2"
+    results.write_text(RESULT)
+    started = time.monotonic()
+    seen = poll(results, 30, group.pid)
+    assert time.monotonic() - started < 1
+    assert (seen.state, seen.alive) == ("ended", True)
+
+
 def test_a_written_result_ends_the_wait_without_a_known_group(tmp_path):
     results = tmp_path / "j1.2"
     results.write_text(RESULT)  # its stdout holds '"started"', the file does not start with it
