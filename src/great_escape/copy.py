@@ -245,16 +245,20 @@ def run(cfg: configmod.Config, opts: Options) -> Summary:
         replica = _has_triggers(target, tgt)
         if opts.index_builds:
             builder = copybuild.Builder(opts.index_builds,
-                                        copybuild.early_entries(source, opts.index_builds, tables), target)
+                                        copybuild.early_entries(source, opts.index_builds, tables), target, opts.jobs)
             tracker.builder = builder
         left = {t.qualname: 0 for t in tables}
         for c in todo:
             left[c.table] += 1
+        if builder and not todo:
+            builder.all_loaded()
         for name, n in left.items():
             if n == 0 and builder:
                 builder.loaded(name)
         if todo:
             _run_workers(cfg, opts, snapshot, todo, tracker, summary, replica, left, builder)
+            if builder:
+                builder.all_loaded()
         stale = sorted({table for (table, _), snap in done.items() if snap != snapshot and table in in_scope})
         if stale and replica:  # the target's triggers must not fire (DESIGN.md invariant 6)
             db.set_replica_role(target, cfg.target_replica_role_function)

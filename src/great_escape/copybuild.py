@@ -146,14 +146,18 @@ def missing(target: psycopg.Connection[Any], entries: list[Entry]) -> list[Entry
 
 
 class Builder:
-    """Runs the builds of tables whose chunks are all loaded, `spec.jobs` pg_restore processes at once."""
+    """Runs the builds of tables whose chunks are all loaded: `spec.jobs` connections (one pg_restore each)
+    while the loads go on; once every chunk is loaded the loads' `spare` connections too, a table's entries
+    then built several at once (`pg_restore -j`), so the last big table's indexes do not leave cores idle."""
 
-    def __init__(self, spec: Spec, entries: dict[str, list[Entry]], target: psycopg.Connection[Any]):
+    def __init__(self, spec: Spec, entries: dict[str, list[Entry]], target: psycopg.Connection[Any], spare: int):
         self.spec = spec
         self.entries = entries
         self.target = target
+        self.spare = spare
+        self.loads_over = False
         self.queue: deque[str] = deque()
-        self.running: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        self.running: dict[str, tuple[subprocess.Popen[bytes], Path, int]] = {}  # process, log, connections
         self.done: list[str] = []
         self.waited: set[str] = set()
         spec.log_dir.mkdir(parents=True, exist_ok=True)
@@ -172,9 +176,18 @@ class Builder:
             self.queue.append(table)
         self.poll()
 
+    def all_loaded(self) -> None:
+        """Every chunk is loaded: the loads' connections go to the builds not started yet."""
+        self.loads_over = True
+        self.poll()
+
+    def _free(self) -> int:
+        capacity = self.spec.jobs + (self.spare if self.loads_over else 0)
+        return capacity - sum(n for _, _, n in self.running.values())
+
     def poll(self) -> None:
         """Collect finished builds (raising CopyError for a failed one) and start queued ones."""
-        for table, (proc, logfile) in list(self.running.items()):
+        for table, (proc, logfile, _) in list(self.running.items()):
             if proc.poll() is None:
                 continue
             del self.running[table]
@@ -184,7 +197,7 @@ class Builder:
                                 "and run the restore again, it builds only what is missing")
             self._finished(table)
         for _ in range(len(self.queue)):
-            if len(self.running) >= self.spec.jobs:
+            if self._free() < 1:
                 break
             table = self.queue.popleft()
             if self._locked_elsewhere(self.entries[table][0]):
@@ -204,12 +217,12 @@ class Builder:
         while self.busy:
             self.poll()
             if self.running:
-                _wait_any([p for p, _ in self.running.values()], step)
+                _wait_any([p for p, _, _ in self.running.values()], step)
             elif self.queue:  # waiting for another session's lock
                 time.sleep(step)
 
     def stop(self) -> None:
-        for proc, _ in self.running.values():
+        for proc, _, _ in self.running.values():
             proc.kill()
             proc.wait()
         self.running.clear()
@@ -228,13 +241,17 @@ class Builder:
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", table)
         listfile, logfile = self.spec.log_dir / f"{stem}.list", self.spec.log_dir / f"{stem}.log"
         listfile.write_text("".join(e.line + "\n" for e in todo))
+        # While loads run, one entry at a time: the loads need the CPU more. pg_restore orders a table's
+        # entries itself (a key's ALTER TABLE waits for its lock, no error).
+        jobs = max(1, min(len(todo), self._free())) if self.loads_over else 1
         with logfile.open("wb") as err:
             proc = subprocess.Popen(
-                [*self.spec.argv, "--exit-on-error", f"--use-list={listfile}", str(self.spec.dump_dir)],
+                [*self.spec.argv, "--exit-on-error", f"--jobs={jobs}", f"--use-list={listfile}",
+                 str(self.spec.dump_dir)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, **self.spec.env},
                 preexec_fn=die_with_parent)  # noqa: PLW1509 - only prctl: a rerun must not race an orphan's build
-        self.running[table] = (proc, logfile)
-        log.info("%s: loaded; building %d index(es) and key(s)", table, len(todo))
+        self.running[table] = (proc, logfile, jobs)
+        log.info("%s: loaded; building %d index(es) and key(s), %d at once", table, len(todo), jobs)
 
     def _finished(self, table: str) -> None:
         self.done.append(table)

@@ -146,6 +146,22 @@ def test_a_rerun_builds_only_what_is_missing(dbpair, tmp_path):
     assert set().union(*EARLY.values()) <= _names(dbpair.target)
 
 
+def test_once_every_chunk_is_loaded_a_table_is_built_several_entries_at_once(dbpair, tmp_path, caplog):
+    cfg, spec, _ = _prepare(dbpair, tmp_path)
+    opts = copy.Options(jobs=2, chunk_bytes=64 * 1024, state_dir=tmp_path / "state", index_builds=spec)
+    copy.run(cfg, opts)
+    before = _objects(dbpair.target)
+    # A coordinator killed after the last chunk loaded, before child's builds: the loads' two connections
+    # join the builds' two, so child's three entries are built at once.
+    dbpair.sql_target("ALTER TABLE child DROP CONSTRAINT child_pkey; DROP INDEX child_v, child_n_lower")
+    with psycopg.connect(**dbpair.repl, autocommit=True) as conn:
+        conn.execute("DELETE FROM great_escape.copy_done")
+    caplog.set_level("INFO", logger="great_escape.copy")
+    copy.run(cfg, opts)
+    assert "public.child: loaded; building 3 index(es) and key(s), 3 at once" in caplog.messages
+    assert _objects(dbpair.target) == before
+
+
 def test_kill_9_during_the_builds_then_a_rerun_ends_identical(dbpair, tmp_path):
     cfg, spec, (argv, env) = _prepare(dbpair, tmp_path)
     dbpair.sql_source("INSERT INTO child SELECT g, 1, repeat('c', 200) || g, g % 50 "
