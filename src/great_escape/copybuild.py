@@ -230,11 +230,17 @@ class Builder:
     def _locked_elsewhere(self, entry: Entry) -> bool:
         """Whether another session holds or awaits a lock on the table: a build of a killed run whose server
         side goes on (pg_restore died, its CREATE INDEX did not). Building meanwhile would race it for the
-        index's name; once it ended, what it committed is found on the target and not built again."""
+        index's name; once it ended, what it committed is found on the target and not built again.
+        Autovacuum does not count (a session without a user, whatever the copy's user may see of it): the
+        build's lock request makes it cancel itself within deadlock_timeout, while waiting for it (a freshly
+        loaded table's first vacuum) could take longer than the copy."""
+        self.target.execute("SELECT pg_catalog.pg_stat_clear_snapshot()")  # else the transaction's first look
         row = self.target.execute(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'relation' AND pid <> "
-            "pg_catalog.pg_backend_pid() AND relation = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', "
-            "%s::text, %s::text)))", (entry.schema, entry.relname)).fetchone()
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'relation' AND l.pid <> pg_catalog.pg_backend_pid() AND l.relation ="
+            " pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text)) AND a.usesysid IS NOT NULL)",
+            (entry.schema, entry.relname)).fetchone()
+        self.target.rollback()
         return bool(row and row[0])
 
     def _start(self, table: str, todo: list[Entry]) -> None:

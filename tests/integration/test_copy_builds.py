@@ -13,6 +13,7 @@ import psycopg
 import yaml
 
 from great_escape import copy, copybuild
+from great_escape.localcluster import SUPERUSER
 from tests.integration.syncutil import PG_BIN, assert_identical, install_capture, make_config
 
 SCHEMA_DDL = """
@@ -159,6 +160,42 @@ def test_once_every_chunk_is_loaded_a_table_is_built_several_entries_at_once(dbp
     caplog.set_level("INFO", logger="great_escape.copy")
     copy.run(cfg, opts)
     assert "public.child: loaded; building 3 index(es) and key(s), 3 at once" in caplog.messages
+    assert _objects(dbpair.target) == before
+
+
+def test_autovacuum_of_a_loaded_table_does_not_hold_its_builds(dbpair, aurora_cluster, tmp_path, caplog):
+    # A freshly loaded table's first autovacuum (the bench's full run waited ~100 s for wide_events') yields to
+    # the build: waiting for it like for a killed run's build would leave the copy idle.
+    cfg, spec, _ = _prepare(dbpair, tmp_path)
+    opts = copy.Options(jobs=2, chunk_bytes=64 * 1024, state_dir=tmp_path / "state", index_builds=spec)
+    copy.run(cfg, opts)
+    before = _objects(dbpair.target)
+    dbpair.sql_target("DROP INDEX child_v")
+    with psycopg.connect(**dbpair.repl, autocommit=True) as conn:
+        conn.execute("DELETE FROM great_escape.copy_done")
+    # A vacuum that crawls (one page per 100 ms) over a table with dead rows, started by autovacuum.
+    dbpair.sql_target("ALTER TABLE child SET (autovacuum_vacuum_threshold = 0, autovacuum_vacuum_scale_factor = 0,"
+                      " autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1)")
+    dbpair.sql_target("UPDATE child SET n = n")
+    admin = aurora_cluster.conninfo(user=SUPERUSER, dbname="postgres")  # AWS's side: the parameter group
+    with psycopg.connect(**admin, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET autovacuum_naptime = 1")
+        conn.execute("SELECT pg_reload_conf()")
+        try:
+            deadline = time.monotonic() + 60
+            while not conn.execute("SELECT 1 FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+                                   " AND datname = %s AND query LIKE %s", (dbpair.target["dbname"], "%child%")
+                                   ).fetchone():
+                assert time.monotonic() < deadline, "autovacuum did not start on child within 60 s"
+                time.sleep(0.2)
+            caplog.set_level("INFO", logger="great_escape.copy")
+            started = time.monotonic()
+            copy.run(cfg, opts)
+            assert time.monotonic() - started < 30
+        finally:
+            conn.execute("ALTER SYSTEM RESET autovacuum_naptime")
+            conn.execute("SELECT pg_reload_conf()")
+    assert not [m for m in caplog.messages if "another session holds a lock" in m]
     assert _objects(dbpair.target) == before
 
 
