@@ -65,9 +65,8 @@ def copy_chunk(source: psycopg.Connection[Any], target: psycopg.Connection[Any],
     load = sql.SQL("COPY {} ({}) FROM STDIN{}").format(tgt.ident, _cols(src.copy_columns), fmt)
     try:
         with target.transaction():
-            with source.cursor() as scur, target.cursor() as tcur, scur.copy(query) as out, tcur.copy(load) as inp:
-                nbytes = pump(out, inp, report=report)[1]
-                rows = scur.rowcount  # set by the end of COPY TO (a closed cursor forgets it)
+            with target.cursor() as tcur, tcur.copy(load) as inp:
+                rows, nbytes = pump(source, query, inp, report=report)
             copyplan.mark_loaded(target, name, chunk, rows, nbytes, snapshot)
     finally:
         source.rollback()  # read only: ends the snapshot's transaction

@@ -128,15 +128,22 @@ def test_tables_get_their_indexes_during_the_copy_and_post_data_the_rest(dbpair,
     assert_identical(dbpair)
 
 
-def test_a_rerun_builds_only_what_is_missing(dbpair, tmp_path):
+def _copied_then_cut_short(dbpair, tmp_path, drop: str):
+    """A copy as a coordinator killed after the last chunk loaded, during the builds, leaves it: the objects
+    `drop` drops are not built and the copy is not marked finished. Returns the config, the options and every
+    object of the finished copy."""
     cfg, spec, _ = _prepare(dbpair, tmp_path)
     opts = copy.Options(jobs=2, chunk_bytes=64 * 1024, state_dir=tmp_path / "state", index_builds=spec)
     copy.run(cfg, opts)
-    # A coordinator killed after the chunks loaded but during child's builds: child_v is not there, the copy
-    # not finished.
-    dbpair.sql_target("DROP INDEX child_v")
+    built = _objects(dbpair.target)
+    dbpair.sql_target(drop)
     with psycopg.connect(**dbpair.repl, autocommit=True) as conn:  # the copy's markers are the replication user's
         conn.execute("DELETE FROM great_escape.copy_done")
+    return cfg, opts, built
+
+
+def test_a_rerun_builds_only_what_is_missing(dbpair, tmp_path):
+    cfg, opts, _ = _copied_then_cut_short(dbpair, tmp_path, "DROP INDEX child_v")
     summary = copy.run(cfg, opts)
     assert summary.chunks_copied == 0
     assert summary.built_tables == 3
@@ -148,15 +155,10 @@ def test_a_rerun_builds_only_what_is_missing(dbpair, tmp_path):
 
 
 def test_once_every_chunk_is_loaded_a_table_is_built_several_entries_at_once(dbpair, tmp_path, caplog):
-    cfg, spec, _ = _prepare(dbpair, tmp_path)
-    opts = copy.Options(jobs=2, chunk_bytes=64 * 1024, state_dir=tmp_path / "state", index_builds=spec)
-    copy.run(cfg, opts)
-    before = _objects(dbpair.target)
-    # A coordinator killed after the last chunk loaded, before child's builds: the loads' two connections
-    # join the builds' two, so child's three entries are built at once.
-    dbpair.sql_target("ALTER TABLE child DROP CONSTRAINT child_pkey; DROP INDEX child_v, child_n_lower")
-    with psycopg.connect(**dbpair.repl, autocommit=True) as conn:
-        conn.execute("DELETE FROM great_escape.copy_done")
+    # Every chunk is loaded: the loads' two connections join the builds' two, so child's three entries are
+    # built at once.
+    cfg, opts, before = _copied_then_cut_short(
+        dbpair, tmp_path, "ALTER TABLE child DROP CONSTRAINT child_pkey; DROP INDEX child_v, child_n_lower")
     caplog.set_level("INFO", logger="great_escape.copy")
     copy.run(cfg, opts)
     assert "public.child: loaded; building 3 index(es) and key(s), 3 at once" in caplog.messages
@@ -166,13 +168,7 @@ def test_once_every_chunk_is_loaded_a_table_is_built_several_entries_at_once(dbp
 def test_autovacuum_of_a_loaded_table_does_not_hold_its_builds(dbpair, aurora_cluster, tmp_path, caplog):
     # A freshly loaded table's first autovacuum (the bench's full run waited ~100 s for wide_events') yields to
     # the build: waiting for it like for a killed run's build would leave the copy idle.
-    cfg, spec, _ = _prepare(dbpair, tmp_path)
-    opts = copy.Options(jobs=2, chunk_bytes=64 * 1024, state_dir=tmp_path / "state", index_builds=spec)
-    copy.run(cfg, opts)
-    before = _objects(dbpair.target)
-    dbpair.sql_target("DROP INDEX child_v")
-    with psycopg.connect(**dbpair.repl, autocommit=True) as conn:
-        conn.execute("DELETE FROM great_escape.copy_done")
+    cfg, opts, before = _copied_then_cut_short(dbpair, tmp_path, "DROP INDEX child_v")
     # A vacuum that crawls (one page per 100 ms) over a table with dead rows, started by autovacuum.
     dbpair.sql_target("ALTER TABLE child SET (autovacuum_vacuum_threshold = 0, autovacuum_vacuum_scale_factor = 0,"
                       " autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1)")
