@@ -8,8 +8,8 @@ judged on the median of those per-round ratios.
 
 A second measurement shows where the cost is: one session runs single-row UPDATE transactions on
 pgbench_accounts (synchronous_commit off, so the CPU cost shows rather than the disk flush) with no
-capture, with great-escape's row and kick triggers, with each of them alone (the other disabled for the
-measurement), and with Bucardo's; the fastest of several repetitions, per transaction.
+capture, with great-escape's (with and without a waiting sync) and with Bucardo's; the fastest of several
+repetitions, per transaction.
 
 Only the triggers are measured: neither sync process runs (on two cores it would compete with pgbench
 for CPU and measure the machine, not the trigger). great-escape's kick sends NOTIFY only while a sync waits
@@ -36,7 +36,7 @@ from . import replicators as r
 # scale -> (pgbench scale, seconds per run, rounds)
 SIZES = {"quick": (2, 5, 1), "medium": (10, 10, 9), "full": (10, 20, 15)}
 CLIENTS, THREADS = 4, 2
-# great-escape's kick trigger sends NOTIFY only while a sync waits for changes (ge_capture.waiting): both
+# great-escape's triggers send NOTIFY only while a sync waits for changes (ge_capture.waiting): both
 # cases are measured on the same database, the second with a waiting row in place during its runs.
 WAITING = "great-escape, sync waiting"
 VARIANTS = ("none", "great-escape", WAITING, "bucardo")
@@ -44,9 +44,6 @@ STATEMENT_TXNS, STATEMENT_REPEATS = 5000, 5
 # Single-row UPDATE transactions in one session: the per-statement cost of each capture part.
 STATEMENT_LOOP = sql.SQL("DO $$ BEGIN FOR i IN 1..{} LOOP UPDATE public.pgbench_accounts SET abalance = abalance + 1 "
                          "WHERE aid = (i * 7919) % 100000 + 1; COMMIT; END LOOP; END $$")
-# great-escape's trigger parts measured alone: (label, trigger left enabled on pgbench_accounts)
-PARTS = (("great-escape row trigger only", "ge_capture_row"),
-         ("great-escape kick trigger only, sync waiting", "ge_capture_kick"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -146,22 +143,11 @@ def _loop_seconds(params: dict[str, Any]) -> float:
 def _statement_costs(dbs: dict[str, dict[str, Any]]) -> dict[str, float]:
     """Microseconds per single-row UPDATE transaction: the fastest of STATEMENT_REPEATS rounds, every capture
     measured once per round so that the machine's drifting load hits all alike."""
-    toggle = "ALTER TABLE public.pgbench_accounts {} TRIGGER {}"
     runs: dict[str, list[float]] = {}
     for _ in range(STATEMENT_REPEATS):
         for variant, params in dbs.items():
             with _sync_waiting(params, variant == WAITING):
                 runs.setdefault(variant, []).append(_loop_seconds(params))
-        if "great-escape" in dbs:
-            ge = dbs["great-escape"]
-            for label, keep in PARTS:
-                other = sql.Identifier(next(t for _, t in PARTS if t != keep))
-                c.execute(ge, sql.SQL(toggle.format("DISABLE", "{}")).format(other))
-                try:
-                    with _sync_waiting(ge, label.endswith("sync waiting")):
-                        runs.setdefault(label, []).append(_loop_seconds(ge))
-                finally:
-                    c.execute(ge, sql.SQL(toggle.format("ENABLE", "{}")).format(other))
     return {name: min(seconds) / STATEMENT_TXNS * 1e6 for name, seconds in runs.items()}
 
 
@@ -171,8 +157,7 @@ def _statement_report(costs: dict[str, float]) -> str:
     return "\n".join([
         "",
         f"Where the cost is: one session, {STATEMENT_TXNS} single-row UPDATE transactions on pgbench_accounts "
-        f"(synchronous_commit off), fastest of {STATEMENT_REPEATS}; for the parts, great-escape's other trigger "
-        "was disabled during the measurement.",
+        f"(synchronous_commit off), fastest of {STATEMENT_REPEATS}.",
         "",
         c.table(["capture", "us per transaction", "extra us", "x none"], rows),
     ])

@@ -9,19 +9,20 @@ Layout 2 (schema `ge_capture`, never dumped, removed by `remove`):
   No index and no sequence: the cheapest insert there is, which is the overhead the application pays per row.
 - `ge_capture.truncates`: one row per TRUNCATE, a whole-table resync event.
 - Triggers on the captured table: `ge_capture_row` (AFTER ROW, records OLD and/or NEW key, both when an UPDATE
-  changes the key), `ge_capture_truncate` (AFTER TRUNCATE, statement, on every partition too) and
-  `ge_capture_kick` (statement, NOTIFY great_escape, only while a sync waits: see below). An application
-  trigger of one of these names is never touched: install stops, naming the table and the fix.
+  changes the key) and `ge_capture_truncate` (AFTER TRUNCATE, statement, on every partition too). Both also
+  kick (NOTIFY great_escape) a sync that waits: see below. An application trigger of one of these names (or of
+  `ge_capture_kick`, an earlier version's separate kick trigger, dropped when capture is installed again) is
+  never touched: install stops, naming the table and the fix.
 - `ge_capture.waiting` (unlogged): a row per sync that is idle, waiting for a kick. A transaction that
   sends NOTIFY takes a server-wide lock from its commit until the commit is flushed, so notifying commits
   run one at a time (measured: 16 pgbench clients, 2016-2380 TPS without, 1000 with a kick on every
-  statement). A sync that is busy applying needs no kick; only while one waits do writers send it. The kick
-  trigger looks at `waiting` once per transaction (a transaction-local setting, `great_escape.kick_checked`,
-  remembers it looked): PostgreSQL sends one notification per channel and transaction anyway, and a look per
-  statement cost ~10 us each (4 per pgbench transaction). The trigger's WHEN condition reads that setting, so
-  after the first statement the trigger is not even queued (no call of the function per later statement). A
-  sync that begins to wait after a transaction's first look finds its changes at its next poll (daemon.py), as
-  it would for a look made just before.
+  statement). A sync that is busy applying needs no kick; only while one waits do writers send it. The
+  trigger functions look at `waiting` once per transaction (a transaction-local setting,
+  `great_escape.kick_checked`, remembers they looked; later rows cost one read of it): PostgreSQL sends one
+  notification per channel and transaction anyway. The look lives in the row function rather than in a
+  statement trigger of its own, whose call cost ~10 us per transaction more than the look itself
+  (bench/RESULTS.md, capture overhead). A sync that begins to wait after a transaction's look finds its
+  changes at its next poll (daemon.py), as it would for a look made just before.
 - `ge_schema_freeze`: event triggers refusing DDL on non-temporary objects until lifted, and only by the
   roles named at install (`ge_ddl_roles`) with `SET great_escape.allow_ddl = on`.
 
@@ -67,8 +68,10 @@ KICK_CHECKED_SETTING = "great_escape.kick_checked"  # transaction-local: this tr
 WAITING = "waiting"
 ALLOW_DDL_SETTING = "great_escape.allow_ddl"
 FREEZE_TRIGGERS = ("ge_schema_freeze", "ge_schema_freeze_drop")
-ROW_TRIGGER, TRUNCATE_TRIGGER, KICK_TRIGGER = "ge_capture_row", "ge_capture_truncate", "ge_capture_kick"
-TRIGGERS = (ROW_TRIGGER, TRUNCATE_TRIGGER, KICK_TRIGGER)  # names reserved on application tables
+ROW_TRIGGER, TRUNCATE_TRIGGER = "ge_capture_row", "ge_capture_truncate"
+# Names reserved on application tables: the capture's triggers and an earlier version's kick trigger, which
+# installing capture again drops (and the restore leaves out).
+TRIGGERS = (ROW_TRIGGER, TRUNCATE_TRIGGER, "ge_capture_kick")
 LOCK_TIMEOUT_MS = 2000
 T = TypeVar("T")
 
@@ -227,7 +230,7 @@ def _trigger_problems(conn: psycopg.Connection[Any], registry: dict[int, str]) -
         partitioned = len(relations[relid]) > 1
         for rel, (schema, relname) in relations[relid].items():
             is_root = rel == relid
-            wanted = list(TRIGGERS) if is_root else [ROW_TRIGGER, TRUNCATE_TRIGGER] if partitioned else []
+            wanted = [ROW_TRIGGER, TRUNCATE_TRIGGER] if is_root or partitioned else []
             part = "" if is_root else f" on its partition {schema}.{relname}"
             for tg in wanted:
                 enabled, ours = found.get((relid, rel, tg), ("", False))
@@ -395,6 +398,18 @@ def _check_schema_is_ours(conn: psycopg.Connection[Any]) -> None:
             f"(ALTER SCHEMA {SCHEMA} RENAME TO ...), then run the capture phase again")
 
 
+# PL/pgSQL of the kick, in every trigger function: the transaction's first look at `waiting` notifies a
+# waiting sync; later rows read the mark only. Every name qualified: the functions run as the writer role
+# with the caller's search_path.
+_KICK = sql.SQL(
+    "  IF NOT COALESCE(pg_catalog.current_setting({checked}, true) OPERATOR(pg_catalog.=) 'on', false) THEN\n"
+    "    PERFORM pg_catalog.set_config({checked}, 'on', true);\n"
+    "    IF EXISTS (SELECT FROM {waiting}) THEN PERFORM pg_catalog.pg_notify({channel}, ''); END IF;\n"
+    "  END IF;\n"
+).format(checked=sql.Literal(KICK_CHECKED_SETTING), waiting=sql.Identifier(SCHEMA, WAITING),
+         channel=sql.Literal(KICK_CHANNEL))
+
+
 def _ensure_schema(conn: psycopg.Connection[Any]) -> None:
     _check_schema_is_ours(conn)
     if _registry_exists(conn):
@@ -419,18 +434,10 @@ def _ensure_schema(conn: psycopg.Connection[Any]) -> None:
         conn.execute(sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(sql.Identifier(SCHEMA, table)))
     conn.execute(sql.SQL("GRANT INSERT ON {} TO {}").format(sql.Identifier(SCHEMA, "truncates"), writer))
     conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(SCHEMA, WAITING), writer))
-    # Every name qualified: the functions run as the writer role with the caller's search_path.
-    _create_writer_function(conn, "kick", sql.SQL(
-        "BEGIN IF NOT COALESCE(pg_catalog.current_setting({checked}, true) OPERATOR(pg_catalog.=) 'on', false) THEN"
-        " PERFORM pg_catalog.set_config({checked}, 'on', true);"
-        " IF EXISTS (SELECT FROM {waiting}) THEN PERFORM pg_catalog.pg_notify({channel}, ''); END IF;"
-        " END IF; RETURN NULL; END"
-    ).format(checked=sql.Literal(KICK_CHECKED_SETTING), waiting=sql.Identifier(SCHEMA, WAITING),
-             channel=sql.Literal(KICK_CHANNEL)))
     # The truncated table's relid comes as an argument: partitions report their partitioned parent.
     _create_writer_function(conn, "on_truncate", sql.SQL(
-        "BEGIN INSERT INTO {} (relid) VALUES (TG_ARGV[0]::pg_catalog.oid); RETURN NULL; END"
-    ).format(sql.Identifier(SCHEMA, "truncates")))
+        "BEGIN\n  INSERT INTO {} (relid) VALUES (TG_ARGV[0]::pg_catalog.oid);\n{}  RETURN NULL;\nEND"
+    ).format(sql.Identifier(SCHEMA, "truncates"), _KICK))
     for user in _sync_users(conn):
         _grant_sync_tables(conn, user, [sql.Identifier(SCHEMA, "truncates")])
 
@@ -758,11 +765,6 @@ def _install(conn: psycopg.Connection[Any], table: Table) -> None:
     _drop_capture_triggers(conn, table.relid)
     conn.execute(sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} "
                          "FOR EACH ROW EXECUTE FUNCTION {}()").format(sql.Identifier(ROW_TRIGGER), target, func))
-    # WHEN is parsed here, once: its operator is bound now, not looked up in the writer's search_path.
-    conn.execute(sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {} FOR EACH STATEMENT "
-                         "WHEN (COALESCE(pg_catalog.current_setting({}, true), '') OPERATOR(pg_catalog.<>) 'on') "
-                         "EXECUTE FUNCTION {}()").format(
-        sql.Identifier(KICK_TRIGGER), target, sql.Literal(KICK_CHECKED_SETTING), sql.Identifier(SCHEMA, "kick")))
     for part in [target, *(_partitions(conn, table.relid))]:
         conn.execute(sql.SQL("CREATE TRIGGER {} AFTER TRUNCATE ON {} FOR EACH STATEMENT "
                              "EXECUTE FUNCTION {}({})").format(
@@ -775,7 +777,8 @@ def _install(conn: psycopg.Connection[Any], table: Table) -> None:
 
 
 def row_trigger_body(table: Table, delta: sql.Identifier) -> sql.Composed:
-    """PL/pgSQL of the row trigger: the key of the changed row; both keys when an UPDATE moves the key.
+    """PL/pgSQL of the row trigger: the key of the changed row; both keys when an UPDATE moves the key; then
+    the kick.
 
     It runs as the writer role with the caller's search_path: every operator is qualified, and the key
     comparison is the binary one of two records (`*<>`, no equality operator looked up by name; the casts to
@@ -797,9 +800,10 @@ def row_trigger_body(table: Table, delta: sql.Identifier) -> sql.Composed:
         "      INSERT INTO {delta} ({cols}) VALUES ({old});\n"
         "    END IF;\n"
         "  END IF;\n"
+        "{kick}"
         "  RETURN NULL;\n"
         "END"
-    ).format(delta=delta, cols=cols, old=values("OLD"), new=values("NEW"))
+    ).format(delta=delta, cols=cols, old=values("OLD"), new=values("NEW"), kick=_KICK)
 
 
 def _partitions(conn: psycopg.Connection[Any], relid: int) -> list[sql.Identifier]:

@@ -171,3 +171,25 @@ def test_capture_of_the_old_layout_is_refused_with_what_to_do_and_can_be_removed
     dbpair.sql_source("UPDATE t SET v = 2")
     daemon.SyncProcess(cfg, direction="forward").run(drain=True)
     assert_identical(dbpair)
+
+
+def test_an_earlier_versions_kick_trigger_goes_when_capture_is_installed_again(dbpair, tmp_path):
+    """Before the kick moved into the row function, a statement trigger ge_capture_kick ran it. Capture left
+    by that version keeps working (its functions stay); installing it again leaves the table with this
+    version's two triggers only, and an application's trigger of that name is still refused."""
+    setup_schema(dbpair, "CREATE TABLE t (id int PRIMARY KEY, v int)")
+    cfg = make_config(dbpair, tmp_path)
+    install_capture(cfg)
+    dbpair.sql_source("CREATE FUNCTION ge_capture.kick() RETURNS trigger LANGUAGE plpgsql AS "
+                      "'BEGIN RETURN NULL; END';"
+                      "CREATE TRIGGER ge_capture_kick AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON t "
+                      "FOR EACH STATEMENT EXECUTE FUNCTION ge_capture.kick();"
+                      "ALTER TABLE t DISABLE TRIGGER ge_capture_row")
+    assert capture.run(cfg, state="present", freeze=False).describe() == ["repair capture on public.t"]
+    triggers = "SELECT tgname FROM pg_trigger WHERE tgrelid = 't'::regclass ORDER BY 1"
+    assert dbpair.sql_source(triggers) == [("ge_capture_row",), ("ge_capture_truncate",)]
+    setup_schema(dbpair, "CREATE TABLE u (id int PRIMARY KEY); CREATE FUNCTION public.noop() RETURNS trigger "
+                         "LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END'; CREATE TRIGGER ge_capture_kick AFTER INSERT "
+                         "ON u FOR EACH ROW EXECUTE FUNCTION public.noop()")
+    with pytest.raises(CaptureError, match=r"cannot capture public\.u: .*ge_capture_kick on public\.u"):
+        install_capture(cfg)

@@ -96,23 +96,25 @@ def test_the_kick_looks_for_a_waiting_sync_once_per_transaction(dbpair, tmp_path
         capture.set_waiting(listener, "test forward", False)
 
 
-def test_the_kick_trigger_fires_once_per_transaction(dbpair, tmp_path):
-    """After the transaction's first statement the kick trigger's WHEN condition (the transaction-local mark)
-    keeps it from being queued at all: no trigger call, not even one that returns at once, per later statement."""
-    setup_schema(dbpair, "CREATE TABLE items (id int PRIMARY KEY, v int)")
+def test_a_truncate_kicks_a_waiting_sync_once_per_transaction(dbpair, tmp_path):
+    """The truncate trigger kicks too (a TRUNCATE writes no row for the row trigger to kick from), and shares
+    the transaction's one look with the row trigger."""
+    setup_schema(dbpair, "CREATE TABLE items (id int PRIMARY KEY); CREATE TABLE other (id int PRIMARY KEY)")
     install_capture(make_config(dbpair, tmp_path))
-    calls = ("SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions WHERE schemaname = %s AND funcname = %s")
-    for first in (1, 11):
-        # A session of its own per transaction: its function statistics hold this transaction's calls only.
+    looks = ("SELECT seq_scan FROM pg_stat_xact_user_tables WHERE schemaname = %s AND relname = %s")
+    with psycopg.connect(**dbpair.source, autocommit=True) as listener:
+        listener.execute(f"LISTEN {capture.KICK_CHANNEL}")
+        capture.set_waiting(listener, "test forward", True)
+        dbpair.sql_source("TRUNCATE items")
+        assert len(list(listener.notifies(timeout=5, stop_after=1))) == 1
         with psycopg.connect(**dbpair.source) as writer:
-            writer.execute("SET track_functions = 'pl'")
-            for i in range(first, first + 10):
-                writer.execute("INSERT INTO items VALUES (%s, 0)", (i,))
-            writer.execute("UPDATE items SET v = v + 1")
-            writer.execute("DELETE FROM items WHERE id = %s", (first,))
-            assert writer.execute(calls, (capture.SCHEMA, "kick")).fetchone() == (1,)
+            writer.execute("INSERT INTO other VALUES (1)")
+            writer.execute("TRUNCATE items")
+            assert writer.execute(looks, (capture.SCHEMA, capture.WAITING)).fetchone() == (1,)
             writer.commit()
-    assert dbpair.sql_source("SELECT count(*) FROM items") == [(18,)]
+        assert len(list(listener.notifies(timeout=1))) == 1
+        capture.set_waiting(listener, "test forward", False)
+    assert dbpair.sql_source("SELECT count(*) FROM ge_capture.truncates") == [(2,)]
 
 
 def test_an_idle_sync_is_woken_by_the_kick_long_before_its_poll_interval(dbpair, tmp_path):
