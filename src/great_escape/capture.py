@@ -20,8 +20,8 @@ Layout 2 (schema `ge_capture`, never dumped, removed by `remove`):
   trigger functions look at `waiting` once per transaction (a transaction-local setting,
   `great_escape.kick_checked`, remembers they looked; later rows cost one read of it): PostgreSQL sends one
   notification per channel and transaction anyway. The look lives in the row function rather than in a
-  statement trigger of its own, whose call cost ~10 us per transaction more than the look itself
-  (bench/RESULTS.md, capture overhead). A sync that begins to wait after a transaction's look finds its
+  statement trigger of its own, whose call cost ~6 us per single-row transaction more than the look
+  itself (bench/RESULTS.md, capture overhead). A sync that begins to wait after a transaction's look finds its
   changes at its next poll (daemon.py), as it would for a look made just before.
 - `ge_schema_freeze`: event triggers refusing DDL on non-temporary objects until lifted, and only by the
   roles named at install (`ge_ddl_roles`) with `SET great_escape.allow_ddl = on`.
