@@ -4,7 +4,8 @@
     source: {host: ..., port: 5432, dbname: app, user: ge_sync_source, passfile: /etc/great-escape/pgpass,
              sslmode: verify-full, sslrootcert: /etc/great-escape/source-ca.pem}
     target: {host: ..., port: 5432, dbname: app, user: ge_repl, passfile: /etc/great-escape/pgpass,
-             sslmode: verify-full, sslrootcert: /etc/great-escape/global-bundle.pem}  # sslcert/sslkey optional
+             sslmode: verify-full, sslrootcert: /etc/great-escape/global-bundle.pem}  # sslcert/sslkey optional;
+                                     # keepalives_idle/_interval/_count, tcp_user_timeout override db.KEEPALIVES
     schemas: [public]                # empty: every application schema
     exclude_tables: []               # schema.table names left out of capture and sync
     keyless_tables: refuse           # refuse | copy_at_cutover

@@ -31,9 +31,16 @@ REPLICA_ROLE_FUNCTION = "rds_session_replication_role"
 # sslrootcert (the CA that signed the server's certificate; RDS/Aurora: the RDS CA bundle), a client
 # certificate optional (sslcert, sslkey); hostaddr connects to an address while the certificate is checked
 # against host.
+# TCP keepalives and a bound on unacknowledged data: a connection that waits for hours (an idle sync's LISTEN,
+# a copy worker reading a slow source) across a firewall or NAT that forgets idle flows, or to a host that
+# lost power, fails within ~2 minutes and is reopened, instead of waiting on a dead socket for the kernel's
+# defaults (first probe after 2 h; ~15 min of retransmissions). On Linux tcp_user_timeout also decides when
+# unanswered keepalive probes end the connection. A configuration may set other values.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 60, "keepalives_interval": 10, "keepalives_count": 6,
+              "tcp_user_timeout": 120_000}
 CONNINFO_KEYS = frozenset(
     {"host", "hostaddr", "port", "dbname", "user", "password", "passfile", "sslmode", "sslrootcert", "sslcert",
-     "sslkey", "sslcrl", "connect_timeout"}
+     "sslkey", "sslcrl", "connect_timeout", *KEEPALIVES}
 )
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 RDS_CA_BUNDLE_URL = "https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem"
@@ -69,8 +76,7 @@ def connect(
     unknown = set(params) - CONNINFO_KEYS
     if unknown:
         raise ConnectError(f"unknown connection option(s) {sorted(unknown)} for {describe(params)}")
-    kwargs = {k: v for k, v in params.items() if v not in (None, "")}
-    kwargs.setdefault("connect_timeout", 10)
+    kwargs = {"connect_timeout": 10, **KEEPALIVES, **{k: v for k, v in params.items() if v not in (None, "")}}
     if kwargs.get("sslmode") not in (None, *SSLMODES):
         raise ConnectError(f"sslmode {kwargs['sslmode']!r} for {describe(params)} is not one of {list(SSLMODES)}")
     try:
