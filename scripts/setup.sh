@@ -6,9 +6,10 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-# PostgreSQL 15 and rsync/ssh for the migration; podman for molecule; the peers for the benchmarks.
+# PostgreSQL 15 and rsync/ssh for the migration; podman for molecule; the peers for the benchmarks; iproute2
+# (the benchmark's emulated link) and iptables (the tests' dead links).
 packages=(postgresql-15 postgresql-client-15 postgresql-plperl-15 rsync openssh-server openssh-client podman catatonit uidmap
-          bucardo pgcopydb postgresql-15-pglogical python3-venv iproute2)
+          bucardo pgcopydb postgresql-15-pglogical python3-venv iproute2 iptables)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
