@@ -77,6 +77,13 @@ def _markers(dbpair, name):
                                   "GROUP BY 1", (name,)))
 
 
+def _wait_for_loaded(dbpair, name, proc, chunks, deadline):
+    """Until that many chunks are loaded (or the copy ended): kill moments picked by progress, not by the
+    clock, so that a fast machine's copy does not end before the kill comes."""
+    while sum(_markers(dbpair, name).values()) < chunks and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+
+
 def _count(params, table):
     with psycopg.connect(**params) as conn:
         return conn.execute(f"SELECT count(*), count(DISTINCT t) FROM {table} t").fetchone()  # noqa: S608
@@ -327,14 +334,13 @@ def test_kill_9_at_random_moments_resumes_exactly_once(dbpair, tmp_path):
         _repl(dbpair, "DELETE FROM great_escape.copy_done RETURNING 1")
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
-        # Wait for the first loaded chunk, then kill at a random moment; odd trials kill a worker first.
-        while not _markers(dbpair, cfg.name) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        time.sleep(rnd.uniform(0.0, 0.6))
+        # Kill at a random chunk count; odd trials kill a worker first and the coordinator some chunks later.
+        loaded = rnd.randint(1, 40)
+        _wait_for_loaded(dbpair, cfg.name, proc, loaded, deadline)
         if trial % 2 and proc.poll() is None:
             for child in _children(proc.pid)[:1]:
                 os.kill(child, signal.SIGKILL)
-            time.sleep(rnd.uniform(0.2, 0.8))
+            _wait_for_loaded(dbpair, cfg.name, proc, loaded + rnd.randint(1, 40), deadline)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
