@@ -184,8 +184,22 @@ def test_a_failed_job_returns_its_result_and_is_recorded_failed(tmp_path):
 
 
 def test_a_job_killed_without_a_result_fails_the_wait_at_once(tmp_path):
-    proc = _wait_for(tmp_path, "sleep 1; kill -9 0")  # the job's whole process group, before any result
-    out, _ = proc.communicate(timeout=300)
+    """The job's process group, named by the wait, killed from outside before any result. (A job that ran
+    `kill -9 0` itself sometimes left async_wrapper's job process alive to write a failure result: the
+    wrapper moves that process into its own group only after forking it, so a child started meanwhile stays
+    in the old group.)"""
+    marker = f"standin-{os.getpid()}-{time.monotonic_ns()}"
+    proc = _wait_for(tmp_path, f"sleep 300; : {marker}")
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line)
+        found = re.search(r"waiting for the stand-in job: .*`kill -- -(\d+)`", line)
+        if found:
+            os.killpg(int(found.group(1)), signal.SIGKILL)
+            break
+    out = "".join(lines) + proc.communicate(timeout=300)[0]
+    subprocess.run(["pkill", "-KILL", "-f", marker], check=False)  # a shell left in the old group, if any
     assert proc.returncode != 0
     assert "the stand-in job ended without writing its result" in out
     assert re.search(r"It may still run: async job j\d+\.\d+ on localhost", out)
