@@ -14,6 +14,10 @@ CREATE TABLE "Order Lines" ("Order Id" int, "line no" int, note text, PRIMARY KE
 """
 
 
+# The transaction's looks at ge_capture.waiting: a session of its own per transaction holds only its own.
+WAITING_LOOKS = "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE schemaname = %s AND relname = %s"
+
+
 def test_insert_update_delete_key_change_truncate(dbpair, tmp_path):
     setup_schema(dbpair, DDL)
     dbpair.sql_source("INSERT INTO items SELECT g, 'item ' || g, g FROM generate_series(1, 100) g")
@@ -78,7 +82,6 @@ def test_the_kick_looks_for_a_waiting_sync_once_per_transaction(dbpair, tmp_path
     sends one notification per channel and transaction), and the next transaction looks again."""
     setup_schema(dbpair, "CREATE TABLE items (id int PRIMARY KEY)")
     install_capture(make_config(dbpair, tmp_path))
-    looks = ("SELECT seq_scan FROM pg_stat_xact_user_tables WHERE schemaname = %s AND relname = %s")
     with psycopg.connect(**dbpair.source, autocommit=True) as listener:
         listener.execute(f"LISTEN {capture.KICK_CHANNEL}")
         capture.set_waiting(listener, "test forward", True)
@@ -87,7 +90,7 @@ def test_the_kick_looks_for_a_waiting_sync_once_per_transaction(dbpair, tmp_path
             with psycopg.connect(**dbpair.source) as writer:
                 for i in range(first, first + 10):
                     writer.execute("INSERT INTO items VALUES (%s)", (i,))
-                assert writer.execute(looks, (capture.SCHEMA, capture.WAITING)).fetchone() == (1,)
+                assert writer.execute(WAITING_LOOKS, (capture.SCHEMA, capture.WAITING)).fetchone() == (1,)
                 writer.commit()
                 # The mark is the transaction's own: the session's next transaction looks again.
                 mark = writer.execute("SELECT current_setting(%s, true)", (capture.KICK_CHECKED_SETTING,)).fetchone()
@@ -101,7 +104,6 @@ def test_a_truncate_kicks_a_waiting_sync_once_per_transaction(dbpair, tmp_path):
     the transaction's one look with the row trigger."""
     setup_schema(dbpair, "CREATE TABLE items (id int PRIMARY KEY); CREATE TABLE other (id int PRIMARY KEY)")
     install_capture(make_config(dbpair, tmp_path))
-    looks = ("SELECT seq_scan FROM pg_stat_xact_user_tables WHERE schemaname = %s AND relname = %s")
     with psycopg.connect(**dbpair.source, autocommit=True) as listener:
         listener.execute(f"LISTEN {capture.KICK_CHANNEL}")
         capture.set_waiting(listener, "test forward", True)
@@ -110,7 +112,7 @@ def test_a_truncate_kicks_a_waiting_sync_once_per_transaction(dbpair, tmp_path):
         with psycopg.connect(**dbpair.source) as writer:
             writer.execute("INSERT INTO other VALUES (1)")
             writer.execute("TRUNCATE items")
-            assert writer.execute(looks, (capture.SCHEMA, capture.WAITING)).fetchone() == (1,)
+            assert writer.execute(WAITING_LOOKS, (capture.SCHEMA, capture.WAITING)).fetchone() == (1,)
             writer.commit()
         assert len(list(listener.notifies(timeout=1))) == 1
         capture.set_waiting(listener, "test forward", False)

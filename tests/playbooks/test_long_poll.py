@@ -127,6 +127,8 @@ def test_dump_outlasting_2000_polls_finishes(dbpair, inventory, tmp_path):
 
 # --------------------------------------------------------------------------- the wait's own failure modes
 
+# The wait's progress line that names the job's process group.
+JOB_GROUP = re.compile(r"waiting for the stand-in job: .*`kill -- -(\d+)`")
 WAIT_PLAYBOOK = """
 - name: Wait for a stand-in job
   hosts: localhost
@@ -194,7 +196,7 @@ def test_a_job_killed_without_a_result_fails_the_wait_at_once(tmp_path):
     lines: list[str] = []
     for line in proc.stdout:
         lines.append(line)
-        found = re.search(r"waiting for the stand-in job: .*`kill -- -(\d+)`", line)
+        found = JOB_GROUP.search(line)
         if found:
             os.killpg(int(found.group(1)), signal.SIGKILL)
             break
@@ -211,7 +213,7 @@ def test_an_interrupted_wait_leaves_the_job_named_in_its_record(tmp_path):
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
-            found = re.search(r"waiting for the stand-in job: .*`kill -- -(\d+)`", line)
+            found = JOB_GROUP.search(line)
             group = int(found.group(1)) if found else group
             if group and re.search(r"\bstandin\s+running\b", line):
                 break
