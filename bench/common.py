@@ -338,6 +338,57 @@ class Phases:
         return sum(self.seconds.values())
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: int) -> tuple[float, float]:
+    """(own, reaped children's) CPU seconds of a process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK, (int(fields[13]) + int(fields[14])) / _TICK
+
+
+def server_cpu(cluster: LocalCluster) -> float:
+    """CPU seconds a cluster has used so far: its postmaster, the backends it has reaped, and its live
+    processes (checkpointer, WAL writer, backends still running)."""
+    postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
+    own, reaped = _proc_cpu(postmaster)
+    total = own + reaped
+    for child in Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split():
+        with contextlib.suppress(OSError):  # ended meanwhile: counted by `reaped` at the next reading
+            total += sum(_proc_cpu(int(child)))
+    return total
+
+
+def machine_cpu() -> float:
+    """CPU seconds every process on the machine has used since boot (/proc/stat: user to steal, not idle)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return sum(int(f) for i, f in enumerate(fields[:8]) if i not in (3, 4)) / _TICK  # 3: idle, 4: iowait
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds used between `start` and `stop`: by each cluster, and by everything else on the machine
+    (client tools, Ansible, the engine: async jobs leave this process's tree, so they are counted as the
+    machine's total minus the clusters')."""
+
+    clusters: dict[str, LocalCluster]
+    used: dict[str, float] = field(default_factory=dict)
+    _start: dict[str, float] = field(default_factory=dict)
+
+    def _read(self) -> dict[str, float]:
+        return {"machine": machine_cpu(), **{name: server_cpu(c) for name, c in self.clusters.items()}}
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def stop(self) -> dict[str, float]:
+        end = self._read()
+        used = {name: end[name] - self._start[name] for name in self.clusters}
+        used["other"] = end["machine"] - self._start["machine"] - sum(used.values())
+        self.used = used
+        return used
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 

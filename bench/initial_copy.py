@@ -134,7 +134,8 @@ SECTIONS = {
     "restore": ((r"Restore the schema \(pre-data\)", "pre-data"), (r"Convert int keys", "bigint"),
                 (r"Empty the tables|Run pg_restore for the data|Ensure the data step is marked started", "data"),
                 # ge_copy_method chunked (the engine's copy instead of pg_restore's data section)
-                (r"Grant the replication user DML on the restored tables before the copy", "copy setup"),
+                (r"Grant the replication user DML (?:on the restored tables before the copy|and write the copy's)",
+                 "copy setup"),
                 (r"Start the chunked copy", "chunked copy"), (r"Ensure the sequences' values are copied", "sequences"),
                 (r"Run pg_restore for indexes|Ensure the post-data step is marked started", "post-data"),
                 (r"Grant the replication user", "grants")),
@@ -516,6 +517,7 @@ class Run:
     spans: list[tuple[str, float, float]] = dataclasses.field(default_factory=list)  # phase/section, start, end
     activity: Activity | None = None
     link_bytes: tuple[int, int] | None = None  # (source -> AWS, AWS -> source) over the WAN link
+    cpu: dict[str, float] = dataclasses.field(default_factory=dict)  # CPU seconds: source, target, other
 
 
 # --------------------------------------------------------------------------- the benchmark
@@ -648,6 +650,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         ge_run = great_escape_setup(src, dst, variant_work, timeout, ge_variants[name], link)
                     offsets = [(cl.datadir / "server.log").stat().st_size for cl in (source, target)]
                     counted = link.counters() if link else (0, 0)
+                    meter = c.CpuMeter({"source": source, "target": target})
+                    meter.start()
                     started = time.time()
                     if name == "plain":
                         phases = plain_copy(src, dst, variant_work, timeout, link)
@@ -656,6 +660,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     else:
                         phases, pgcopydb_summary = pgcopydb_clone(src, dst, variant_work, timeout)
                     crossed = link.counters() if link else (0, 0)
+                    cpu = meter.stop()
                     got = c.table_counts(dst)
                     if got != want:
                         raise c.BenchError(f"{name}: target row counts {got} differ from the source's {want}")
@@ -668,7 +673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           spans=list(phases.spans) + spans,
                                           activity=Activity.of(src_stmts, dst_stmts, started),
                                           link_bytes=(crossed[0] - counted[0], crossed[1] - counted[1])
-                                          if link else None))
+                                          if link else None, cpu=cpu))
                     work_bytes[name] = c.dir_size(variant_work)
                 except c.BenchError as exc:
                     if not args.keep_going or name == "plain":
@@ -822,6 +827,19 @@ def _report(runs: dict[str, list[Run]], ge_variants: dict[str, dict[str, Any]], 
                       Activity.window(act.build), f"{overlap(act.read, act.load):.1f}"])
     lines += [c.table(["variant", "phases", "source read", "target load", "target build", "read+load overlap s"],
                       trows), ""]
+    cores = os.cpu_count() or 1
+    lines += [f"CPU seconds each variant used in its median run ('other': every process but the two clusters' "
+              f"(client tools, Ansible, the engine), i.e. the machine's /proc/stat total minus the clusters'; "
+              f"'of the cores' = the total over {cores} cores x the run's wall time: near 100 % the run was "
+              "CPU-bound, and a variant that needs fewer CPU seconds for the same rows finishes sooner):", ""]
+    crows = []
+    for name, variant_runs in runs.items():
+        run = _median_run(variant_runs)
+        if run.cpu:
+            used = sum(run.cpu.values())
+            crows.append([name, run.cpu["source"], run.cpu["target"], run.cpu["other"], used,
+                          f"{100 * used / (cores * run.phases.total):.0f} %"])
+    lines += [c.table(["variant", "source server", "target server", "other", "total", "of the cores"], crows), ""]
     for name in ge_variants:
         run = _median_run(runs[name])
         inner = [(n, a, b) for n, a, b in run.spans if " " in n]

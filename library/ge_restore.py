@@ -12,10 +12,18 @@ description:
   - V(prepare) reads the dump's identity from the transfer's verification marker, finds the step markers of
     earlier runs (refusing markers of another dump), refuses a target that already holds application tables
     when no marker shows an unfinished restore of this dump, then writes the libpq password file (mode 0600),
-    the dump id and the filtered TOC lists for C(pg_restore -L) into O(work_dir).
+    the dump id and the filtered TOC lists for C(pg_restore -L) into O(work_dir), and records the start of this
+    restore run in O(progress_state_dir).
   - V(truncate) empties every application table of the target in one statement, before a data re-load.
   - V(grant) gives O(user) what the sync applies with, USAGE on the schemas and DML and TRUNCATE on their
-    tables and sequences; C(changed) says whether any of these privileges was new.
+    tables and sequences, then records the restore as done in O(progress_state_dir) (if given); C(changed) says
+    whether any of these privileges was new.
+  - V(copy_setup) prepares the chunked copy in one run: the grants of V(grant) to O(copy_target)'s user (the copy
+    loads as that user), the directory O(copy_dir) (0750), the libpq password file of O(source) and
+    O(copy_target) there (0600), the engine configuration C(great-escape.yml) (O(config) with both endpoints,
+    their passwords replaced by that file) and C(index-builds.json) (O(index_builds)); C(changed) says whether a
+    privilege was new or either of the two files changed (the password file is a credential of this run, removed
+    by the role at its end).
   - V(bigint) widens int keys, the int columns referencing them and their sequences to bigint on the
     target's empty tables (planned from the O(source)'s keys), then writes O(marker).
 version_added: "0.1.0"
@@ -24,11 +32,26 @@ options:
     description: Which step to run.
     type: str
     required: true
-    choices: [prepare, truncate, grant, bigint]
+    choices: [prepare, truncate, grant, bigint, copy_setup]
   source:
     description:
-      - The source database, read for its keys by V(bigint) (required there, unused otherwise).
+      - The source database, read for its keys by V(bigint); V(copy_setup) the side the copy reads (required
+        there, unused otherwise).
       - A dict of libpq parameters, as O(target).
+    type: dict
+  copy_target:
+    description:
+      - V(copy_setup) the target as the copy loads into it, as the replication user; a dict of libpq parameters, as
+        O(target).
+    type: dict
+  copy_dir:
+    description: V(copy_setup) the copy's directory (its configuration, password file, state).
+    type: path
+  config:
+    description: V(copy_setup) the engine configuration of the copy but its endpoints (name, schemas, state_dir, ...).
+    type: dict
+  index_builds:
+    description: V(copy_setup) the copy's index builds specification (copybuild.py), written as JSON.
     type: dict
   schemas:
     description: Application schemas in scope. Empty means every schema but the system's and the project's.
@@ -45,6 +68,11 @@ options:
     description:
       - V(prepare) the marker that the dump is complete on this host, holding its identity (the sha256 of its
         manifest); the transfer's verification marker, or the dump's own where it was dumped on this host.
+    type: path
+  progress_state_dir:
+    description:
+      - The phase's progress records (C(great-escape progress show)). V(prepare) records the start of this restore
+        run there, V(grant) its end (the grants are the restore's last step).
     type: path
   pg_restore:
     description: V(prepare) the pg_restore program that lists the sections' TOC.
@@ -117,13 +145,22 @@ truncated:
   elements: str
 schemas:
   description: V(grant) the schemas whose objects were granted.
-  returned: step is grant
+  returned: step is grant or copy_setup
   type: list
   elements: str
 new_privileges:
   description: V(grant) how many schema, table and sequence privileges O(user) did not hold before.
-  returned: step is grant
+  returned: step is grant or copy_setup
   type: int
+progress:
+  description: V(grant) the progress line recorded, when O(progress_state_dir) is given (and not in check mode).
+  returned: step is grant
+  type: str
+files_changed:
+  description: V(copy_setup) the configuration files written with a new content (or, in check mode, that would be).
+  returned: step is copy_setup
+  type: list
+  elements: str
 queries:
   description: V(bigint) the ALTER statements run (empty in check mode and when nothing needed widening).
   returned: step is bigint
@@ -139,25 +176,31 @@ _NEEDS = {
     "prepare": ["work_dir", "dump_dir", "dump_marker"],
     "grant": ["user"],
     "bigint": ["source"],
+    "copy_setup": ["source", "copy_target", "copy_dir", "config", "index_builds"],
 }
 
 
 def main() -> None:
     spec = connection_argument_spec(
         "target", scope=True,
-        step=dict(type="str", required=True, choices=["prepare", "truncate", "grant", "bigint"]),
+        step=dict(type="str", required=True, choices=["prepare", "truncate", "grant", "bigint", "copy_setup"]),
         work_dir=dict(type="path"), dump_dir=dict(type="path"), dump_marker=dict(type="path"),
+        progress_state_dir=dict(type="path"),
         pg_restore=dict(type="str", default="pg_restore"),
         user=dict(type="str"),
         mode=dict(type="str", choices=["auto", "none"], default="auto"),
         include=dict(type="list", elements="str", default=[]),
         exclude=dict(type="list", elements="str", default=[]),
         marker=dict(type="path"),
+        copy_dir=dict(type="path"),
+        config=dict(type="dict"),
+        index_builds=dict(type="dict"),
     )
     spec.pop("exclude_tables")
     spec["source"] = dict(spec["target"], required=False)
+    spec["copy_target"] = dict(spec["target"], required=False)
     module = engine_module(spec, required_if=[("step", step, needs) for step, needs in _NEEDS.items()])
-    from great_escape import db, restore
+    from great_escape import db, progress, restore
 
     p, check = module.params, module.check_mode
     (target,) = endpoints(module, "target")
@@ -166,7 +209,8 @@ def main() -> None:
     with engine_errors(module, result):
         if p["step"] == "prepare":
             request = dict(target=target, schemas=schemas, work_dir=p["work_dir"], dump_dir=p["dump_dir"],
-                           dump_marker=p["dump_marker"], pg_restore=p["pg_restore"])
+                           dump_marker=p["dump_marker"], pg_restore=p["pg_restore"],
+                           progress_state_dir=p["progress_state_dir"])
             result.update(restore.prepare_restore(lambda: db.connect(target, "restore"), request, check=check))
         elif p["step"] == "bigint":
             marker = Path(p["marker"]) if p["marker"] else None
@@ -178,9 +222,20 @@ def main() -> None:
                 if p["step"] == "truncate":
                     result["truncated"] = restore.truncate_tables(conn, schemas, check)
                     result["changed"] = bool(result["truncated"])
+                elif p["step"] == "copy_setup":
+                    request = dict(copy_dir=p["copy_dir"], schemas=schemas, source=endpoint(p["source"]),
+                                   copy_target=endpoint(p["copy_target"]), config=p["config"],
+                                   index_builds=p["index_builds"])
+                    result.update(restore.prepare_copy(conn, request, check))
+                    result["changed"] = result["new_privileges"] > 0 or bool(result["files_changed"])
                 else:
                     result["schemas"], result["new_privileges"] = restore.grant_user(conn, schemas, p["user"], check)
                     result["changed"] = result["new_privileges"] > 0
+                    if p["progress_state_dir"] and not check:
+                        detail = f"restored; {p['user']} granted on {', '.join(result['schemas'])}"
+                        done = progress.record(Path(p["progress_state_dir"]), "restore", 1, 1, "items", state="done",
+                                               detail=detail)
+                        result["progress"] = progress.format_line(done)
     module.exit_json(**result)
 
 

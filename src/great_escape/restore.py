@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import yaml
 from psycopg import sql
 
 from . import bigint, db, progress
@@ -238,6 +239,47 @@ def _pgpass_line(params: dict[str, Any]) -> str:
     return ":".join(f.replace("\\", "\\\\").replace(":", "\\:") for f in fields) + "\n"
 
 
+def _write_private(path: Path, text: str, mode: int) -> bool:
+    """Write `text` to `path` created with `mode` (never wider for a moment); True when the content changed."""
+    if path.exists() and path.read_text() == text:
+        os.chmod(path, mode)
+        return False
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), mode)
+        f.write(text)
+    return True
+
+
+def prepare_copy(conn: psycopg.Connection[Any], req: dict[str, Any], check: bool = False) -> dict[str, Any]:
+    """Everything the chunked copy needs before it starts, in one program run (one Ansible task, not five):
+    the copy user's DML on the restored tables (it loads as that user), the copy directory (0750), the libpq
+    password file of both sides (0600), the engine configuration (its endpoints without passwords, pointing
+    at that file; the rest of `req["config"]` as given) and the index builds file (`req["index_builds"]`).
+
+    Returns the schemas granted, how many privileges were new and which files changed; with `check`, grants
+    and writes nothing. The password file is a credential of this run (the role removes it at its end), so
+    writing it is no change."""
+    copy_dir = Path(req["copy_dir"])
+    source, target = req["source"], req["copy_target"]
+    schemas, new = grant_user(conn, req.get("schemas"), target["user"], check)
+    passfile = copy_dir / "pgpass"
+
+    def without_password(side: dict[str, Any]) -> dict[str, Any]:
+        return {**{k: v for k, v in side.items() if k != "password"}, "passfile": str(passfile)}
+
+    config = {**req["config"], "source": without_password(source), "target": without_password(target)}
+    files = {copy_dir / "great-escape.yml": yaml.safe_dump(config, sort_keys=False),
+             copy_dir / "index-builds.json": json.dumps(req["index_builds"], indent=1) + "\n"}
+    if check:
+        changed = [str(f) for f, text in files.items() if not f.exists() or f.read_text() != text]
+        return {"schemas": schemas, "new_privileges": new, "files_changed": changed}
+    copy_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    _write_private(passfile, _pgpass_line(source) + _pgpass_line(target), 0o600)
+    changed = [str(f) for f, text in files.items() if _write_private(f, text, 0o640)]
+    return {"schemas": schemas, "new_privileges": new, "files_changed": changed}
+
+
 def prepare_restore(connect: Callable[[], psycopg.Connection[Any]], req: dict[str, Any],
                     check: bool = False) -> dict[str, Any]:
     """Everything the restore role checks and writes before pg_restore, in one program run.
@@ -246,7 +288,8 @@ def prepare_restore(connect: Callable[[], psycopg.Connection[Any]], req: dict[st
     written on this host); finds the step markers of
     earlier runs and refuses markers of another dump; before pre-data is restored, refuses a target that
     already has application tables; then (unless `check`) writes the libpq password file (0600), the dump
-    id and the TOC lists. `connect` opens a target connection, only when the check needs one."""
+    id and the TOC lists, and records the start of the restore phase in `progress_state_dir` (if given).
+    `connect` opens a target connection, only when the check needs one."""
     missing = [k for k in ("work_dir", "dump_dir", "dump_marker", "target") if not req.get(k)]
     if missing:
         raise ConfigError(f"the prepare request lacks {', '.join(missing)}")
@@ -276,13 +319,11 @@ def prepare_restore(connect: Callable[[], psycopg.Connection[Any]], req: dict[st
     if check:
         return {"dump_id": dump_id, "steps": steps, "dropped": [], "entries": {}}
     work.mkdir(mode=0o750, parents=True, exist_ok=True)
-    passfile = work / "pgpass"
-    fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(f.fileno(), 0o600)
-        f.write(_pgpass_line(req["target"]))
+    _write_private(work / "pgpass", _pgpass_line(req["target"]), 0o600)
     owner.write_text(dump_id + "\n")
     toc = write_toc_lists(dump_dir, work, req.get("pg_restore") or "pg_restore")
+    if req.get("progress_state_dir"):  # this run's start, for `great-escape progress show`
+        progress.record(Path(req["progress_state_dir"]), "restore", 0, None, detail="starting", restart=True)
     return {"dump_id": dump_id, "steps": steps, "dropped": toc["dropped"], "entries": toc["entries"]}
 
 

@@ -3,10 +3,14 @@ check (nothing changes), real, again (nothing left to change)."""
 
 from __future__ import annotations
 
+import json
+import stat
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from great_escape import config, db, progress
 from tests.conftest import REPL_USER, DbPair
 from tests.modules.conftest import run_module
 
@@ -32,23 +36,64 @@ def _privileges(pair: DbPair, user: str = REPL_USER) -> list[tuple[Any, ...]]:
     return pair.sql_target(PRIVILEGES, {"user": user})
 
 
-def test_grant_says_changed_only_when_a_privilege_was_new(apppair: DbPair) -> None:
-    args = {"step": "grant", "target": apppair.target, "schemas": ["app"], "user": REPL_USER}
+def test_grant_says_changed_only_when_a_privilege_was_new(apppair: DbPair, tmp_path: Path) -> None:
+    args = {"step": "grant", "target": apppair.target, "schemas": ["app"], "user": REPL_USER,
+            "progress_state_dir": str(tmp_path)}
     before = _privileges(apppair)
     assert not all(held for _, _, held in before)
 
     check = run_module("ge_restore", args, check=True)
     assert not check.get("failed"), check.get("msg")
     assert check["changed"] is True and check["new_privileges"] == 9  # USAGE on app, 5 on the table, 3 on its sequence
-    assert _privileges(apppair) == before
+    assert _privileges(apppair) == before and progress.load(tmp_path, "restore") is None
 
     real = run_module("ge_restore", args)
     assert real["changed"] is True and real["schemas"] == ["app"]
+    recorded = progress.load(tmp_path, "restore")  # the grants end the restore phase
+    assert recorded is not None and recorded.state == "done" and f"{REPL_USER} granted on app" in real["progress"]
     assert all(held for _, _, held in _privileges(apppair))
     assert real["invocation"]["module_args"]["target"]["password"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
 
     again = run_module("ge_restore", args)
     assert again["changed"] is False and again["new_privileges"] == 0
+
+
+def test_copy_setup_grants_and_writes_the_copys_files_in_one_run(apppair: DbPair, tmp_path: Path) -> None:
+    copy_dir = tmp_path / "restore" / "copy"
+    builds = {"toc_list": "/w/post-data.list", "dump_dir": "/d/post-data", "rest_list": "/w/post-data-rest.list",
+              "argv": ["pg_restore", "--no-owner"], "env": {"PGOPTIONS": "-c maintenance_work_mem=1GB"}, "jobs": 2,
+              "log_dir": str(copy_dir / "builds")}
+    args = {"step": "copy_setup", "target": apppair.target, "schemas": ["app"], "source": apppair.source,
+            "copy_target": apppair.repl, "copy_dir": str(copy_dir),
+            "config": {"name": "mod-copy", "schemas": ["app"], "exclude_tables": [], "state_dir": str(copy_dir),
+                       "replica_role_function": {"schema": "public", "owner": apppair.target["user"]}},
+            "index_builds": builds}
+    before = _privileges(apppair)
+
+    check = run_module("ge_restore", args, check=True)
+    assert not check.get("failed"), check.get("msg")
+    assert check["changed"] is True and check["new_privileges"] == 9 and len(check["files_changed"]) == 2
+    assert not copy_dir.exists() and _privileges(apppair) == before
+
+    real = run_module("ge_restore", args)
+    assert not real.get("failed"), real.get("msg")
+    assert real["changed"] is True and all(held for _, _, held in _privileges(apppair))
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in copy_dir.iterdir()}
+    assert modes == {"pgpass": 0o600, "great-escape.yml": 0o640, "index-builds.json": 0o640}
+    assert stat.S_IMODE(copy_dir.stat().st_mode) == 0o750
+    written = (copy_dir / "great-escape.yml").read_text() + (copy_dir / "index-builds.json").read_text()
+    for secret in {apppair.source["password"], apppair.repl["password"]}:
+        assert secret not in written and secret in (copy_dir / "pgpass").read_text()
+    assert json.loads((copy_dir / "index-builds.json").read_text()) == builds
+    # The engine reads the configuration as written and reaches both sides through the password file alone.
+    cfg = config.load(copy_dir / "great-escape.yml")
+    assert cfg.name == "mod-copy" and cfg.source["user"] == apppair.source["user"]
+    for side in (cfg.source, cfg.target):
+        with db.connect(side, "test") as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (side["user"],)
+
+    again = run_module("ge_restore", args)
+    assert again["changed"] is False and again["files_changed"] == [] and again["new_privileges"] == 0
 
 
 def test_truncate_in_check_mode_lists_and_keeps_the_rows(apppair: DbPair) -> None:

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from great_escape import progress
 from great_escape.errors import RestoreError
 from great_escape.restore import filter_toc, finished_items, parse_toc_line, prepare_restore, restore_errors
 
@@ -105,3 +106,14 @@ def test_prepare_resumes_writes_the_password_file_and_every_list(tmp_path):
     assert passfile.read_text() == "db.example:5432:app:master:pa\\:ss\\\\word\n"
     assert (work / "dump_id").read_text() == "abc\n"
     assert "3218; 2620" not in (work / "data.list").read_text().replace(";great-escape dropped: 3218", "")
+
+
+def test_prepare_records_the_start_of_the_restore_run(tmp_path):
+    state = tmp_path / "state"
+    progress.record(state, "restore", 5, 9, state="failed", detail="an earlier run")
+    req = {**_prepare_request(tmp_path), "progress_state_dir": str(state)}
+    (tmp_path / "restore").mkdir()
+    (tmp_path / "restore" / "pre-data.done").write_text("abc\n")
+    prepare_restore(_no_connection, req)
+    started = progress.load(state, "restore")
+    assert started is not None and started.state == "running" and started.done == 0 and started.detail == "starting"
