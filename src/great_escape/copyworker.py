@@ -54,12 +54,12 @@ def select_list(source: psycopg.Connection[Any], target: psycopg.Connection[Any]
 
 
 def copy_chunk(source: psycopg.Connection[Any], target: psycopg.Connection[Any], src: Table, tgt: Table,
-               chunk: Chunk, snapshot: str, name: str, report: Any = None) -> tuple[int, int]:
+               chunk: Chunk, snapshot: str, name: str, report: Any = None, text: bool = False) -> tuple[int, int]:
     """Load one chunk in one target transaction with its marker; returns (rows, bytes). Both connections
-    must be idle; the source is left idle, the target committed."""
+    must be idle; the source is left idle, the target committed. `text`: text COPY even where binary would do."""
     source.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
     columns, binary = select_list(source, target, src, tgt)
-    fmt = sql.SQL(" (FORMAT binary)" if binary else "")
+    fmt = sql.SQL(" (FORMAT binary)" if binary and not text else "")
     query = sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT{}").format(
         columns, _from(src), copyplan.range_filter(src, chunk), fmt)
     load = sql.SQL("COPY {} ({}) FROM STDIN{}").format(tgt.ident, _cols(src.copy_columns), fmt)
@@ -73,7 +73,8 @@ def copy_chunk(source: psycopg.Connection[Any], target: psycopg.Connection[Any],
     return rows, nbytes
 
 
-def worker_main(cfg_raw: dict[str, Any], snapshot: str, conn: Any, worker_id: int, replica: bool) -> None:
+def worker_main(cfg_raw: dict[str, Any], snapshot: str, conn: Any, worker_id: int, replica: bool,
+                text: bool = False) -> None:
     """Load the chunks the coordinator sends on `conn` until None. Reports on the same pipe: ("ready"|"bytes"|
     "done"|"skip"|"error", chunk label, payload). One pipe per worker, no shared queue: a worker killed at any
     moment leaves no lock held that the others would wait for."""
@@ -110,7 +111,7 @@ def worker_main(cfg_raw: dict[str, Any], snapshot: str, conn: Any, worker_id: in
                 conn.send(("skip", chunk.label, None))
                 continue
             rows, nbytes = copy_chunk(source, target, src[chunk.table], tgt[chunk.table], chunk, snapshot, cfg.name,
-                                      lambda n, label=chunk.label: conn.send(("bytes", label, n)))
+                                      lambda n, label=chunk.label: conn.send(("bytes", label, n)), text)
         except psycopg.errors.UniqueViolation:
             conn.send(("skip", chunk.label, None))  # marked by another load of it meanwhile
             continue

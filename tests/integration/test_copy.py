@@ -413,6 +413,23 @@ def test_widened_integer_keys_are_copied_in_binary_cast_on_the_source(dbpair, tm
     assert_identical(dbpair)
 
 
+def test_text_format_copies_in_text_where_binary_would_do(dbpair, tmp_path):
+    """--format text: every chunk crosses as text COPY (its bytes are the source's text COPY output's), for a
+    slow link; the tables end identical."""
+    setup_schema(dbpair, SPLIT_DDL, SPLIT_TARGET_DDL)
+    dbpair.sql_source(SPLIT_SEED)
+    cfg = _config(dbpair, tmp_path)
+    copy.run(cfg, copy.Options(jobs=2, chunk_bytes=CHUNK, state_dir=tmp_path / "state", text=True))
+    assert_identical(dbpair)
+    sent = dict(_repl(dbpair, "SELECT table_name, sum(bytes)::int8 FROM great_escape.copy_chunks WHERE name = %s "
+                              "GROUP BY 1", (cfg.name,)))
+    with psycopg.connect(**dbpair.source) as src, src.cursor() as cur:
+        for table in ("bykey", "bytext"):
+            with cur.copy(f"COPY (SELECT * FROM {table}) TO STDOUT") as out:
+                text_bytes = sum(len(block) for block in out)
+            assert sent[f"public.{table}"] == text_bytes
+
+
 def test_ranges_cover_every_value_once_with_open_ends():
     from great_escape.copyplan import _bounds, _ranges
 
