@@ -18,7 +18,7 @@ description:
   - V(grant) gives O(user) what the sync applies with, USAGE on the schemas and DML and TRUNCATE on their
     tables and sequences, then records the restore as done in O(progress_state_dir) (if given); C(changed) says
     whether any of these privileges was new.
-  - V(copy_setup) prepares the chunked copy in one run: the grants of V(grant) to O(copy_target)'s user (the copy
+  - V(copy_setup) prepares the chunked copy in one run, with the grants of V(grant) to O(copy_target)'s user (the copy
     loads as that user), the directory O(copy_dir) (0750), the libpq password file of O(source) and
     O(copy_target) there (0600), the engine configuration C(great-escape.yml) (O(config) with both endpoints,
     their passwords replaced by that file) and C(index-builds.json) (O(index_builds)); C(changed) says whether a
