@@ -82,7 +82,7 @@ def test_migrate_killed_during_dump_and_restore_then_run_again(dbpair, run_playb
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     workload = _workload(dbpair)
     try:
-        _run_until(cmd, env, "TASK [dump : Dump the schema sections at once]", 0.2)
+        _run_until(cmd, env, "TASK [dump : Ensure the schema sections are dumped and the dump sealed]", 0.2)
         _run_until(cmd, env, "TASK [restore : Follow the chunked copy until it ends]", 1.0)
         run_playbook("migrate.yml", extra={"ge_sync_max_lag": 5})
     finally:
