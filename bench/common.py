@@ -372,7 +372,6 @@ class CpuMeter:
     machine's total minus the clusters')."""
 
     clusters: dict[str, LocalCluster]
-    used: dict[str, float] = field(default_factory=dict)
     _start: dict[str, float] = field(default_factory=dict)
 
     def _read(self) -> dict[str, float]:
@@ -385,7 +384,6 @@ class CpuMeter:
         end = self._read()
         used = {name: end[name] - self._start[name] for name in self.clusters}
         used["other"] = end["machine"] - self._start["machine"] - sum(used.values())
-        self.used = used
         return used
 
 

@@ -8,7 +8,10 @@ DOCUMENTATION = r"""
 module: ge_restore
 short_description: Check, prepare and finish a restore of the migration's dump into the target
 description:
-  - One module for the restore role's own steps around C(pg_restore), chosen with O(step).
+  - One module for the restore role's own steps around C(pg_restore), chosen with O(step) (one or several, run in
+    the order given in one program run; a task each would cost Ansible's per-task time). After V(prepare) in the
+    same run, V(pre_data), V(bigint) and V(copy_setup) are skipped when an earlier run left their marker
+    (C(pre-data.done), C(bigint.done), C(data.done)).
   - V(prepare) reads the dump's identity from the transfer's verification marker, finds the step markers of
     earlier runs (refusing markers of another dump), refuses a target that already holds application tables
     when no marker shows an unfinished restore of this dump, then writes the libpq password file (mode 0600),
@@ -24,15 +27,24 @@ description:
     their passwords replaced by that file) and C(index-builds.json) (O(index_builds)); C(changed) says whether a
     privilege was new or either of the two files changed (the password file is a credential of this run, removed
     by the role at its end).
+  - V(pre_data) restores the schema (the dump's C(pre-data) section, through the filtered TOC list V(prepare)
+    wrote) with C(pg_restore --single-transaction --exit-on-error) (all or nothing), then writes the marker
+    C(pre-data.done) into O(work_dir).
   - V(bigint) widens int keys, the int columns referencing them and their sequences to bigint on the
     target's empty tables (planned from the O(source)'s keys), then writes O(marker).
 version_added: "0.1.0"
 options:
   step:
-    description: Which step to run.
-    type: str
+    description: The steps to run, in this order.
+    type: list
+    elements: str
     required: true
-    choices: [prepare, truncate, grant, bigint, copy_setup]
+    choices: [prepare, pre_data, bigint, copy_setup, truncate, grant]
+  pre_data:
+    description:
+      - V(pre_data) how to run C(pg_restore), a dict with C(argv) (the program and its connection arguments, e.g.
+        C(--host), C(--no-owner)) and C(env) (its environment, e.g. C(PGPASSFILE), C(PGSSLMODE)).
+    type: dict
   source:
     description:
       - The source database, read for its keys by V(bigint); V(copy_setup) the side the copy reads (required
@@ -59,10 +71,10 @@ options:
     elements: str
     default: []
   work_dir:
-    description: V(prepare) the restore's markers, TOC lists and password file.
+    description: V(prepare) and V(pre_data) the restore's markers, TOC lists and password file.
     type: path
   dump_dir:
-    description: V(prepare) the dump on this host (one directory per section).
+    description: V(prepare) and V(pre_data) the dump on this host (one directory per section).
     type: path
   dump_marker:
     description:
@@ -103,8 +115,8 @@ attributes:
   check_mode:
     support: full
     details: >-
-      V(prepare) checks without writing files; V(truncate) lists what it would empty; V(grant) counts the privileges
-      it would give; V(bigint) returns the plan with no queries.
+      V(prepare) checks without writing files; V(pre_data) restores nothing; V(truncate) lists what it would empty;
+      V(grant) counts the privileges it would give; V(bigint) returns the plan with no queries.
   diff_mode:
     support: none
 notes:
@@ -116,6 +128,19 @@ author:
 """
 
 EXAMPLES = r"""
+- name: Check the dump and the target, then restore the schema and widen int keys (what is not done yet)
+  ge_restore:
+    step: [prepare, pre_data, bigint]
+    target: "{{ restore_target }}"
+    source: "{{ restore_source }}"
+    work_dir: /var/lib/great-escape/restore
+    dump_dir: /var/lib/great-escape/dump
+    dump_marker: /var/lib/great-escape/dump.done.json
+    marker: /var/lib/great-escape/restore/bigint.done
+    pre_data:
+      argv: [pg_restore, --host=aurora.example.com, --username=master, --dbname=app, --no-password, --no-owner]
+      env: {PGPASSFILE: /var/lib/great-escape/restore/pgpass, PGSSLMODE: verify-full}
+
 - name: Grant the replication user DML on the restored tables
   ge_restore:
     step: grant
@@ -124,46 +149,51 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+ran:
+  description: The steps of O(step) that ran (the others an earlier run had finished).
+  returned: always
+  type: list
+  elements: str
 dump_id:
   description: V(prepare) the dump's identity (sha256 of its manifest).
-  returned: step is prepare
+  returned: when prepare ran
   type: str
 steps:
   description: V(prepare) the markers of finished or started steps found in O(work_dir), e.g. C(pre-data.done).
-  returned: step is prepare
+  returned: when prepare ran
   type: list
   elements: str
 dropped:
   description: V(prepare) TOC entries of the project's own objects, left out of the restore.
-  returned: step is prepare
+  returned: when prepare ran
   type: list
   elements: str
 truncated:
   description: V(truncate) the tables emptied (or, in check mode, that would be).
-  returned: step is truncate
+  returned: when truncate ran
   type: list
   elements: str
 schemas:
   description: V(grant) the schemas whose objects were granted.
-  returned: step is grant or copy_setup
+  returned: when grant or copy_setup ran
   type: list
   elements: str
 new_privileges:
   description: V(grant) how many schema, table and sequence privileges O(user) did not hold before.
-  returned: step is grant or copy_setup
+  returned: when grant or copy_setup ran
   type: int
 progress:
   description: V(grant) the progress line recorded, when O(progress_state_dir) is given (and not in check mode).
-  returned: step is grant
+  returned: when grant ran
   type: str
 files_changed:
   description: V(copy_setup) the configuration files written with a new content (or, in check mode, that would be).
-  returned: step is copy_setup
+  returned: when copy_setup ran
   type: list
   elements: str
 queries:
   description: V(bigint) the ALTER statements run (empty in check mode and when nothing needed widening).
-  returned: step is bigint
+  returned: when bigint ran
   type: list
   elements: str
 """
@@ -174,19 +204,24 @@ from ansible.module_utils.ge_common import connection_argument_spec, endpoint, e
 
 _NEEDS = {
     "prepare": ["work_dir", "dump_dir", "dump_marker"],
+    "pre_data": ["work_dir", "dump_dir", "pre_data"],
     "grant": ["user"],
     "bigint": ["source"],
     "copy_setup": ["source", "copy_target", "copy_dir", "config", "index_builds"],
 }
+# After prepare in the same run, a step whose marker an earlier run left is skipped.
+_MARKERS = {"pre_data": "pre-data.done", "bigint": "bigint.done", "copy_setup": "data.done"}
 
 
 def main() -> None:
     spec = connection_argument_spec(
         "target", scope=True,
-        step=dict(type="str", required=True, choices=["prepare", "truncate", "grant", "bigint", "copy_setup"]),
+        step=dict(type="list", elements="str", required=True,
+                  choices=["prepare", "pre_data", "bigint", "copy_setup", "truncate", "grant"]),
         work_dir=dict(type="path"), dump_dir=dict(type="path"), dump_marker=dict(type="path"),
         progress_state_dir=dict(type="path"),
         pg_restore=dict(type="str", default="pg_restore"),
+        pre_data=dict(type="dict", no_log=False),
         user=dict(type="str"),
         mode=dict(type="str", choices=["auto", "none"], default="auto"),
         include=dict(type="list", elements="str", default=[]),
@@ -199,43 +234,50 @@ def main() -> None:
     spec.pop("exclude_tables")
     spec["source"] = dict(spec["target"], required=False)
     spec["copy_target"] = dict(spec["target"], required=False)
-    module = engine_module(spec, required_if=[("step", step, needs) for step, needs in _NEEDS.items()])
-    from great_escape import db, progress, restore
+    module = engine_module(spec)
+    from great_escape import db, restore
 
     p, check = module.params, module.check_mode
+    missing = sorted({f"{need} (step {step})" for step in p["step"] for need in _NEEDS.get(step, []) if not p[need]})
+    if missing:
+        module.fail_json(msg=f"ge_restore: missing {', '.join(missing)}")
     (target,) = endpoints(module, "target")
     schemas = p["schemas"] or None
-    result: dict = dict(changed=False)
+    result: dict = dict(changed=False, ran=[])
     with engine_errors(module, result):
-        if p["step"] == "prepare":
-            request = dict(target=target, schemas=schemas, work_dir=p["work_dir"], dump_dir=p["dump_dir"],
-                           dump_marker=p["dump_marker"], pg_restore=p["pg_restore"],
-                           progress_state_dir=p["progress_state_dir"])
-            result.update(restore.prepare_restore(lambda: db.connect(target, "restore"), request, check=check))
-        elif p["step"] == "bigint":
-            marker = Path(p["marker"]) if p["marker"] else None
-            result.update(restore.migrate_bigint(endpoint(p["source"]), target, schemas, p["mode"], p["include"],
-                                                 p["exclude"], marker, check))
-            result["changed"] = bool(result["queries"]) or bool(check and result.get("columns"))
-        else:
-            with db.connect(target, "restore") as conn:
-                if p["step"] == "truncate":
-                    result["truncated"] = restore.truncate_tables(conn, schemas, check)
-                    result["changed"] = bool(result["truncated"])
-                elif p["step"] == "copy_setup":
-                    request = dict(copy_dir=p["copy_dir"], schemas=schemas, source=endpoint(p["source"]),
-                                   copy_target=endpoint(p["copy_target"]), config=p["config"],
-                                   index_builds=p["index_builds"])
-                    result.update(restore.prepare_copy(conn, request, check))
-                    result["changed"] = result["new_privileges"] > 0 or bool(result["files_changed"])
-                else:
-                    result["schemas"], result["new_privileges"] = restore.grant_user(conn, schemas, p["user"], check)
-                    result["changed"] = result["new_privileges"] > 0
-                    if p["progress_state_dir"] and not check:
-                        detail = f"restored; {p['user']} granted on {', '.join(result['schemas'])}"
-                        done = progress.record(Path(p["progress_state_dir"]), "restore", 1, 1, "items", state="done",
-                                               detail=detail)
-                        result["progress"] = progress.format_line(done)
+        for step in p["step"]:
+            if _MARKERS.get(step) in result.get("steps", []):
+                continue
+            result["ran"].append(step)
+            if step == "prepare":
+                request = dict(target=target, schemas=schemas, work_dir=p["work_dir"], dump_dir=p["dump_dir"],
+                               dump_marker=p["dump_marker"], pg_restore=p["pg_restore"],
+                               progress_state_dir=p["progress_state_dir"])
+                result.update(restore.prepare_restore(lambda: db.connect(target, "restore"), request, check=check))
+            elif step == "pre_data":
+                work, how = Path(p["work_dir"]), p["pre_data"]
+                dump_id = result.get("dump_id") or (work / "dump_id").read_text().strip()
+                result["changed"] |= restore.restore_pre_data(work, Path(p["dump_dir"]), dump_id, how["argv"],
+                                                              how.get("env", {}), check)
+            elif step == "bigint":
+                marker = Path(p["marker"]) if p["marker"] else None
+                result.update(restore.migrate_bigint(endpoint(p["source"]), target, schemas, p["mode"], p["include"],
+                                                     p["exclude"], marker, check))
+                result["changed"] |= bool(result["queries"]) or bool(check and result.get("columns"))
+            else:
+                with db.connect(target, "restore") as conn:
+                    if step == "truncate":
+                        result["truncated"] = restore.truncate_tables(conn, schemas, check)
+                        result["changed"] |= bool(result["truncated"])
+                    elif step == "copy_setup":
+                        request = dict(copy_dir=p["copy_dir"], schemas=schemas, source=endpoint(p["source"]),
+                                       copy_target=endpoint(p["copy_target"]), config=p["config"],
+                                       index_builds=p["index_builds"])
+                        result.update(restore.prepare_copy(conn, request, check))
+                        result["changed"] |= result["new_privileges"] > 0 or bool(result["files_changed"])
+                    else:
+                        result.update(restore.finish_restore(conn, schemas, p["user"], p["progress_state_dir"], check))
+                        result["changed"] |= result["new_privileges"] > 0
     module.exit_json(**result)
 
 

@@ -234,14 +234,31 @@ def grant_user(conn: psycopg.Connection[Any], schemas: list[str] | None, user: s
     return names, new
 
 
+def finish_restore(conn: psycopg.Connection[Any], schemas: list[str] | None, user: str,
+                   progress_state_dir: str | None, check: bool = False) -> dict[str, Any]:
+    """The restore's last step: `grant_user`, then the record that the restore is done in
+    `progress_state_dir` (if given; the start was recorded by `prepare_restore`)."""
+    names, new = grant_user(conn, schemas, user, check)
+    result: dict[str, Any] = {"schemas": names, "new_privileges": new}
+    if progress_state_dir and not check:
+        done = progress.record(Path(progress_state_dir), "restore", 1, 1, "items", state="done",
+                               detail=f"restored; {user} granted on {', '.join(names)}")
+        result["progress"] = progress.format_line(done)
+    return result
+
+
 def _pgpass_line(params: dict[str, Any]) -> str:
     fields = [str(params.get(k, "")) for k in ("host", "port", "dbname", "user", "password")]
     return ":".join(f.replace("\\", "\\\\").replace(":", "\\:") for f in fields) + "\n"
 
 
+def _holds(path: Path, text: str) -> bool:
+    return path.exists() and path.read_text() == text
+
+
 def _write_private(path: Path, text: str, mode: int) -> bool:
     """Write `text` to `path` created with `mode` (never wider for a moment); True when the content changed."""
-    if path.exists() and path.read_text() == text:
+    if _holds(path, text):
         os.chmod(path, mode)
         return False
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -272,7 +289,7 @@ def prepare_copy(conn: psycopg.Connection[Any], req: dict[str, Any], check: bool
     files = {copy_dir / "great-escape.yml": yaml.safe_dump(config, sort_keys=False),
              copy_dir / "index-builds.json": json.dumps(req["index_builds"], indent=1) + "\n"}
     if check:
-        changed = [str(f) for f, text in files.items() if not f.exists() or f.read_text() != text]
+        changed = [str(f) for f, text in files.items() if not _holds(f, text)]
         return {"schemas": schemas, "new_privileges": new, "files_changed": changed}
     copy_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     _write_private(passfile, _pgpass_line(source) + _pgpass_line(target), 0o600)
@@ -325,6 +342,24 @@ def prepare_restore(connect: Callable[[], psycopg.Connection[Any]], req: dict[st
     if req.get("progress_state_dir"):  # this run's start, for `great-escape progress show`
         progress.record(Path(req["progress_state_dir"]), "restore", 0, None, detail="starting", restart=True)
     return {"dump_id": dump_id, "steps": steps, "dropped": toc["dropped"], "entries": toc["entries"]}
+
+
+def restore_pre_data(work_dir: Path, dump_dir: Path, dump_id: str, argv: list[str], env: dict[str, str],
+                     check: bool = False) -> bool:
+    """pg_restore of the schema (pre-data) as one transaction that stops at the first error (all or nothing),
+    then its marker WORK/pre-data.done with the dump's identity. `argv`: pg_restore and its connection
+    arguments; `env`: its environment (password file, TLS). True when it ran (with `check`: would run)."""
+    if check:
+        return True
+    proc = subprocess.run([*argv, "--single-transaction", "--exit-on-error", f"--use-list={work_dir / 'pre-data.list'}",
+                           str(dump_dir / "pre-data")], env={**os.environ, **env}, capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        raise RestoreError(f"pg_restore of the schema (pre-data, {dump_dir / 'pre-data'}) failed (exit "
+                           f"{proc.returncode}), so none of it was kept (one transaction): "
+                           f"{proc.stderr.strip()[-1500:].rstrip('.')}. Fix the cause and run the restore phase again.")
+    (work_dir / "pre-data.done").write_text(dump_id + "\n")
+    return True
 
 
 def migrate_bigint(source: dict[str, Any], target: dict[str, Any], schemas: list[str] | None, mode: str,

@@ -4,7 +4,9 @@ check (nothing changes), real, again (nothing left to change)."""
 from __future__ import annotations
 
 import json
+import os
 import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 
 from great_escape import config, db, progress
 from tests.conftest import REPL_USER, DbPair
+from tests.integration.syncutil import PG_BIN
 from tests.modules.conftest import run_module
 
 PRIVILEGES = """
@@ -94,6 +97,62 @@ def test_copy_setup_grants_and_writes_the_copys_files_in_one_run(apppair: DbPair
 
     again = run_module("ge_restore", args)
     assert again["changed"] is False and again["files_changed"] == [] and again["new_privileges"] == 0
+
+
+def _dumped(dbpair: DbPair, dump_dir: Path) -> Path:
+    """pg_dump of the source by section, as the dump phase writes it, and its marker; returns the marker."""
+    conn = [f"--host={dbpair.source['host']}", f"--port={dbpair.source['port']}",
+            f"--username={dbpair.source['user']}", f"--dbname={dbpair.source['dbname']}"]
+    env = dict(os.environ, PGPASSWORD=dbpair.source["password"], PGSSLMODE=dbpair.source["sslmode"],
+               PGSSLROOTCERT=dbpair.source["sslrootcert"])
+    dump_dir.mkdir()
+    for section in ("pre-data", "data", "post-data"):
+        subprocess.run([str(PG_BIN / "pg_dump"), *conn, "-Fd", f"--section={section}", "-f", str(dump_dir / section)],
+                       env=env, check=True)
+    marker = dump_dir.with_name("dump.done.json")
+    marker.write_text(json.dumps({"manifest_sha256": "0" * 64}))
+    return marker
+
+
+def test_prepare_pre_data_and_bigint_run_in_one_module_run_once(dbpair: DbPair, tmp_path: Path) -> None:
+    dbpair.sql_source("CREATE SCHEMA app; CREATE TABLE app.items (id int PRIMARY KEY, note text); "
+                      "CREATE TABLE app.lines (id int PRIMARY KEY, item_id int REFERENCES app.items)")
+    marker = _dumped(dbpair, tmp_path / "dump")
+    work, target = tmp_path / "restore", dbpair.target
+    argv = [str(PG_BIN / "pg_restore"), f"--host={target['host']}", f"--port={target['port']}",
+            f"--username={target['user']}", f"--dbname={target['dbname']}", "--no-password", "--no-owner"]
+    env = {"PGPASSFILE": str(work / "pgpass"), "PGSSLMODE": target["sslmode"], "PGSSLROOTCERT": target["sslrootcert"]}
+    args = {"step": ["prepare", "pre_data", "bigint"], "target": target, "source": dbpair.source, "schemas": ["app"],
+            "work_dir": str(work), "dump_dir": str(tmp_path / "dump"), "dump_marker": str(marker),
+            "pg_restore": str(PG_BIN / "pg_restore"), "pre_data": {"argv": argv, "env": env},
+            "marker": str(work / "bigint.done")}
+    tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'app'"
+
+    check = run_module("ge_restore", args, check=True)
+    assert not check.get("failed"), check.get("msg")
+    assert check["changed"] is True and check["ran"] == ["prepare", "pre_data", "bigint"]
+    assert {"app.items.id", "app.lines.id", "app.lines.item_id"} <= {c["name"] for c in check["columns"]}
+    assert dbpair.sql_target(tables) == [(0,)] and not work.exists()
+
+    # pg_restore that cannot log in: the module fails naming the step, and nothing of the schema is kept.
+    failing = dict(args, pre_data={"argv": [*argv[:3], "--username=nobody", *argv[4:]], "env": env})
+    failed = run_module("ge_restore", failing)
+    assert failed["failed"] and "pg_restore of the schema (pre-data" in failed["msg"]
+    assert "no password supplied. Fix the cause" in failed["msg"]
+    assert failed["ran"] == ["prepare", "pre_data"] and not (work / "pre-data.done").exists()
+    assert dbpair.sql_target(tables) == [(0,)]
+
+    real = run_module("ge_restore", args)
+    assert not real.get("failed"), real.get("msg")
+    assert real["changed"] is True and real["ran"] == ["prepare", "pre_data", "bigint"]
+    assert dbpair.sql_target("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                             "WHERE attrelid = 'app.lines'::regclass AND attname = 'item_id'") == [("bigint",)]
+    assert (work / "pre-data.done").read_text() == "0" * 64 + "\n" and (work / "bigint.done").exists()
+
+    again = run_module("ge_restore", args)
+    assert not again.get("failed"), again.get("msg")
+    assert again["changed"] is False and again["ran"] == ["prepare"]
+    assert sorted(again["steps"]) == ["bigint.done", "pre-data.done"]
 
 
 def test_truncate_in_check_mode_lists_and_keeps_the_rows(apppair: DbPair) -> None:
