@@ -131,7 +131,8 @@ SECTIONS = {
              (r"Ensure the sha256 manifest", "manifest")),
     "transfer": ((r"Start one rsync per stream|Start rsync", "rsync"),
                  (r"Compare every received file", "verify")),
-    "restore": ((r"Restore the schema \(pre-data\)", "pre-data"), (r"Convert int keys", "bigint"),
+    "restore": ((r"Check the dump and the target, restore the schema", "checks, pre-data, bigint, copy setup"),
+                (r"Restore the schema \(pre-data\)", "pre-data"), (r"Convert int keys", "bigint"),
                 (r"Empty the tables|Run pg_restore for the data|Ensure the data step is marked started", "data"),
                 # ge_copy_method chunked (the engine's copy instead of pg_restore's data section)
                 (r"Grant the replication user DML (?:on the restored tables before the copy|and write the copy's)",
