@@ -559,6 +559,12 @@ def disk_needs(inputs: Inputs, required: int) -> dict[str, int]:
     return {"ge_dump_dir": required, "ge_replication_dir": required}
 
 
+class _ReadEnough(Exception):
+    """Ends the measured read. psycopg cancels the rest of a COPY TO only when its block ends with an exception;
+    a `break` leaves the connection inside the COPY, and every later query on it fails ("another command is
+    already in progress")."""
+
+
 def _measure_read(conn: psycopg.Connection[Any], inputs: Inputs, tables: list[catalog.Table],
                   report: Report) -> None:
     """Read the biggest table with COPY for up to `measure_seconds` (rows discarded, nothing written): the
@@ -570,10 +576,12 @@ def _measure_read(conn: psycopg.Connection[Any], inputs: Inputs, tables: list[ca
     started, moved = time.monotonic(), 0
     try:
         with conn.cursor().copy(sql.SQL("COPY (SELECT * FROM {}) TO STDOUT").format(biggest.ident)) as copy:
-            for block in copy:  # leaving the block early cancels the rest of the COPY
+            for block in copy:
                 moved += len(block)
                 if time.monotonic() - started >= inputs.measure_seconds:
-                    break
+                    raise _ReadEnough
+    except _ReadEnough:
+        pass
     except psycopg.Error as exc:
         report.warnings.append(f"could not measure a read of {biggest.qualname}: {exc.diag.message_primary}; "
                                "the dump estimate uses the assumed rate")

@@ -45,6 +45,17 @@ def test_a_clean_pair_has_no_problem(shop):
         "dump", "transfer", "restore data", "restore indexes", "sync catch-up", "verify", "total"]
 
 
+def test_a_read_measurement_cut_short_leaves_the_source_connection_usable(dbpair):
+    # Every real biggest table takes longer to read than measure_seconds; the plan's checks after the measurement
+    # run on the same connection, so the cut-short COPY must not leave it busy.
+    dbpair.sql_source("CREATE TABLE big (id int PRIMARY KEY, pad text); "
+                      "INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 100000) g; ANALYZE big")
+    report = preflight.run(inputs(dbpair, measure_seconds=0.001))
+    assert report.problems == []
+    assert " of public.big in " in report.facts["measured_read"]
+    assert "bigint: 1 column(s), 0 sequence(s) widened" in report.plan  # planned on the measured connection
+
+
 def test_keyless_table_is_refused_or_copied_at_cutover(shop):
     shop.sql_source("CREATE TABLE audit (at timestamptz, what text)")
     refused = preflight.run(inputs(shop))
