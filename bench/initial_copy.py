@@ -281,6 +281,10 @@ def great_escape_setup(src: dict[str, Any], dst: dict[str, Any], work: Path, tim
     if link:
         overrides = {"transfer_ssh_command": link.rsh(), "transfer_ssh_user": "root",
                      "transfer_dest_address": wan.HOST_ADDR}
+        # The link's key for the chunked copy reading on the source host (a variant with ge_copy_read_on_source:
+        # true), as an extra variable: it is defined in playbooks/group_vars, above the inventory's.
+        if extra.get("ge_copy_read_on_source"):
+            extra["ge_copy_source_ssh_command"] = " ".join(["ssh", *link.ssh_options()])
         env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(work / "cp")
     inventory = c.write_inventory(work / "inventory", src, dst, work / "ge", REPL_USER, REPL_PASSWORD,
                                   **overrides)
@@ -540,7 +544,9 @@ def _parse_variants(parser: Any) -> None:
                              "(default %(default)s)")
     parser.add_argument("--link", choices=("loopback", "wan"), default="loopback",
                         help="loopback: everything on 127.0.0.1; wan: source side behind a veth pair shaped "
-                             f"to {wan.RATE} (bench.wan; needs root, ip and tc)")
+                             "to --link-rate (bench.wan; needs root, ip and tc)")
+    parser.add_argument("--link-rate", default=wan.RATE,
+                        help="with --link wan: the pair's bandwidth, as tc writes it (default %(default)s)")
     parser.add_argument("--data", choices=("standard", "giant"), default="standard",
                         help="standard: pgbench + wide table (~60-70%% of the bytes); giant: the wide table "
                              "holds >= 80%% of the bytes")
@@ -599,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, why in not_run.items():
         print(f"copy: {name} not run: {why}", file=sys.stderr)
     with contextlib.ExitStack() as stack:
-        link = stack.enter_context(wan.Link()) if args.link == "wan" else None
+        link = stack.enter_context(wan.Link(args.link_rate)) if args.link == "wan" else None
         source, target = stack.enter_context(c.clusters("copy", 0, ["source", "aurora"], args.scale, keep=args.keep))
         for cluster in (source, target):
             c.execute(c.superuser(cluster), "ALTER SYSTEM SET log_timezone = 'UTC'",
@@ -703,9 +709,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ge_variants.pop(name, None)
         body = _report(runs, ge_variants, work_bytes, pgcopydb_summary, size, wide_size, table_bytes,
                        pgbench_scale, wide_rows, src, args.scale, loads, costs,
-                       data=args.data, link=args.link, raw_rate=raw_rate, not_run=not_run)
+                       data=args.data, link=args.link, raw_rate=raw_rate, not_run=not_run, rate=args.link_rate)
         title = "1. Initial copy" + (", giant table" if args.data == "giant" else "") + (
-            f", over an emulated {wan.RATE} link" if link else "")
+            f", over an emulated {args.link_rate} link" if link else "")
         c.write_results(args.results, key, title, body, args.scale)
     return 0
 
@@ -726,7 +732,7 @@ def _report(runs: dict[str, list[Run]], ge_variants: dict[str, dict[str, Any]], 
             pgcopydb_summary: str, size: int, wide_size: int, table_bytes: dict[str, int], pgbench_scale: int,
             wide_rows: int, src: dict[str, Any], scale: str, loads: list[float],
             costs: list[tuple[float, float]], data: str = "standard", link: str = "loopback",
-            raw_rate: float = 0.0, not_run: dict[str, str] | None = None) -> str:
+            raw_rate: float = 0.0, not_run: dict[str, str] | None = None, rate: str = wan.RATE) -> str:
     total = {k: c.median([r.phases.total for r in v]) for k, v in runs.items()}
     base = total.get("pgcopydb", float("nan"))
     rows = []
@@ -766,14 +772,15 @@ def _report(runs: dict[str, list[Run]], ge_variants: dict[str, dict[str, Any]], 
          if link == "loopback" else
          f"Link: emulated WAN (bench.wan): the source cluster runs in network namespace {wan.NS} and listens only "
          f"on {wan.NS_ADDR}; a veth pair to {wan.HOST_ADDR} in the root namespace is shaped on both ends with "
-         f"`tc qdisc add dev VETH root {' '.join(wan.TBF)}` (no added delay or loss: netem is not available). "
+         f"`tc qdisc add dev VETH root {' '.join(wan.tbf(rate))}` (no added delay or loss: netem is not available). "
          f"Measured raw TCP rate source side -> AWS side: {raw_rate * 8 / 1e6:.0f} Mbit/s "
          f"({raw_rate / 2**20:.1f} MiB/s) for {50 if scale == 'quick' else 200} MiB. Source side (in the "
          "namespace): the source cluster, plain's pg_dump and its rsync push (over ssh to the AWS side), "
          "great-escape's source host (Ansible reaches it over ssh across the link; the pg_dump method's dump "
-         "and rsync push run there). AWS side (root namespace): the target, Ansible's controller and replication "
-         "host (great-escape's restore, and the chunked method's schema dump and copy, which read the source "
-         "across the link), plain's pg_restore, pgcopydb (it reads the source across the link). "
+         "and rsync push run there; with ge_copy_read_on_source the chunked copy's psql and zstd run there, "
+         "started over ssh from the AWS side). AWS side (root namespace): the target, Ansible's controller and "
+         "replication host (great-escape's restore, and the chunked method's schema dump and copy, which read the "
+         "source across the link), plain's pg_restore, pgcopydb (it reads the source across the link). "
          "'link MiB' counts what crossed the veth pair during the variant (source -> AWS / AWS -> source), "
          "'link Mbit/s' is that over the variant's total time."),
         f"Rounds: {len(runs['plain'])}, the order rotated each round; totals and phases are medians over rounds.",

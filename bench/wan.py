@@ -34,8 +34,12 @@ NS = "ge-bench-wan"
 HOST_IF, NS_IF = "gewan0", "gewan1"  # root-namespace (AWS) end, namespace (source) end
 HOST_ADDR, NS_ADDR = "10.213.0.1", "10.213.0.2"
 PREFIX = 30
-RATE = "400mbit"
-TBF = ["tbf", "rate", RATE, "burst", "256kb", "latency", "50ms"]
+RATE = "400mbit"  # the default; Link(rate=...) for another
+
+
+def tbf(rate: str) -> list[str]:
+    """The qdisc of both ends of the pair (tc's arguments after `root`)."""
+    return ["tbf", "rate", rate, "burst", "256kb", "latency", "50ms"]
 HOST_SSH_PORT = 2213  # sshd of the replication host side, on HOST_ADDR only
 NS_SSH_PORT = 22  # sshd of the source host side, on NS_ADDR inside the namespace
 MEASURE_PORT = 2214
@@ -125,7 +129,8 @@ def _keys() -> tuple[Path, Path]:
 class Link:
     """The namespace, the shaped veth pair and one sshd per side; a context manager."""
 
-    def __init__(self) -> None:
+    def __init__(self, rate: str = RATE) -> None:
+        self.rate = rate
         self.key: Path | None = None
         self._sshd: list[subprocess.Popen[bytes]] = []
         self.leftovers: list[str] = []
@@ -182,8 +187,8 @@ class Link:
         _sh(["ip", "-n", NS, "link", "set", NS_IF, "up"], "namespace link up")
         _sh(["ip", "-n", NS, "link", "set", "lo", "up"], "namespace loopback up")
         # Both directions: the data (source -> AWS) leaves through NS_IF, requests and ACKs through HOST_IF.
-        _sh(["tc", "qdisc", "add", "dev", HOST_IF, "root", *TBF], "tc tbf on the host end")
-        _sh(["ip", "netns", "exec", NS, "tc", "qdisc", "add", "dev", NS_IF, "root", *TBF],
+        _sh(["tc", "qdisc", "add", "dev", HOST_IF, "root", *tbf(self.rate)], "tc tbf on the host end")
+        _sh(["ip", "netns", "exec", NS, "tc", "qdisc", "add", "dev", NS_IF, "root", *tbf(self.rate)],
             "tc tbf on the namespace end")
         self.key, host_key = _keys()
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory

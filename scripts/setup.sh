@@ -35,7 +35,10 @@ fi
 rootfs=${GE_ROOTFS_DIR:-/var/cache/great-escape/rootfs-bookworm}
 rootfs_packages="python3 python3-venv openssh-server openssh-client rsync sudo systemd systemd-sysv dbus"
 rootfs_packages="$rootfs_packages postgresql-15 postgresql-client-15 ca-certificates procps iproute2 xfsprogs"
-if [ "${GE_ROOTFS_REBUILD:-0}" = 1 ] || [ ! -f "$rootfs/.great-escape-rootfs" ]; then
+# zstd: the source host's compressor for the chunked copy reading there (its DBA installs it on a real one).
+rootfs_packages="$rootfs_packages zstd"
+# Built again when the package list changed since (the marker records it).
+if [ "${GE_ROOTFS_REBUILD:-0}" = 1 ] || ! grep -qxF "packages: $rootfs_packages" "$rootfs/.great-escape-rootfs" 2>/dev/null; then
     dpkg-query -W -f='${Status}' debootstrap 2>/dev/null | grep -q "install ok installed" \
         || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap
     mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n 1)
@@ -52,7 +55,7 @@ if [ "${GE_ROOTFS_REBUILD:-0}" = 1 ] || [ ! -f "$rootfs/.great-escape-rootfs" ];
     # pip's index settings without this machine's local wheel directories.
     grep -v -E '^(find-links|extra-index-url) *= *(/|file:)' /etc/pip.conf > "$rootfs.new/etc/pip.conf" 2>/dev/null || true
     chroot "$rootfs.new" apt-get clean
-    date -u +%FT%TZ > "$rootfs.new/.great-escape-rootfs"
+    printf '%s\npackages: %s\n' "$(date -u +%FT%TZ)" "$rootfs_packages" > "$rootfs.new/.great-escape-rootfs"
     rm -rf "$rootfs"
     mv "$rootfs.new" "$rootfs"
 fi

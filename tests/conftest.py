@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +72,42 @@ def aurora_cluster(tls_files: TlsFiles) -> Iterator[LocalCluster]:
     _ensure_repl_user(cluster)
     yield cluster
     cluster.stop(remove=True)
+
+
+@pytest.fixture(scope="session")
+def source_ssh() -> Iterator[list[str]]:
+    """The ssh command that reaches "the source host" through a real sshd on 127.0.0.1 (this machine, where the
+    source cluster runs): its own host key, pinned (StrictHostKeyChecking=yes), and a client key made here;
+    nothing of the system's ssh configuration is read or changed."""
+    home = _test_root() / "sshd"
+    home.mkdir(exist_ok=True)
+    for name in ("host", "client"):
+        if not (home / name).exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / name)], check=True)
+    port = _port(6)
+    host_key = (home / "host.pub").read_text().split()[:2]
+    (home / "known_hosts").write_text(f"[127.0.0.1]:{port} {' '.join(host_key)}\n")
+    (home / "sshd.conf").write_text("\n".join([
+        f"ListenAddress 127.0.0.1:{port}", f"HostKey {home / 'host'}", f"PidFile {home / 'sshd.pid'}",
+        f"AuthorizedKeysFile {home / 'client.pub'}", "PermitRootLogin prohibit-password", "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no", "MaxStartups 100:30:200", ""]))
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+    log = (home / "sshd.log").open("wb")
+    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(home / "sshd.conf")], stdout=log,
+                            stderr=subprocess.STDOUT)
+    argv = ["ssh", "-i", str(home / "client"), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+            "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={home / 'known_hosts'}",
+            "-p", str(port), "root@127.0.0.1"]
+    deadline = time.monotonic() + 20
+    while subprocess.run([*argv, "true"], capture_output=True).returncode != 0:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the tests' sshd does not answer: {(home / 'sshd.log').read_text()[-1000:]}")
+        time.sleep(0.2)
+    yield argv
+    proc.terminate()
+    proc.wait(10)
+    log.close()
 
 
 def _ensure_repl_user(cluster: LocalCluster) -> None:

@@ -1,6 +1,7 @@
 """The chunked, parallel initial copy of the data: source tables straight into the target's, in one snapshot.
 
     great-escape copy --config FILE [--jobs N] [--chunk-bytes BYTES] [--state-dir DIR]
+                      [--source-ssh 'ssh ... user@source-host' [--source-compression zstd|gzip]]
     great-escape copy --progress --state-dir DIR          # JSON: bytes_done, bytes_total, per table
 
 Run on the replication host after capture is installed (DESIGN.md invariant 1) and the target's schema is
@@ -11,7 +12,8 @@ restored without indexes (pre-data, bigint step); post-data comes after. Process
     worker x N    (copyworker.py, a process each, killed with the coordinator)
                   per chunk: source BEGIN REPEATABLE READ READ ONLY + SET TRANSACTION SNAPSHOT, then
                   COPY (SELECT cols FROM t WHERE range) TO STDOUT streamed block by block into
-                  COPY t (cols) FROM STDIN on the target, whose transaction also inserts the chunk's marker
+                  COPY t (cols) FROM STDIN on the target, whose transaction also inserts the chunk's marker;
+                  with --source-ssh a big chunk's COPY runs on the source host, compressed (sourceread.py)
 
 Exactly once: a chunk's rows and its marker commit together, the marker's primary key refuses a second load,
 and a run loads only chunks without a marker. A worker that dies has its chunk handed to a new worker under
@@ -44,6 +46,7 @@ import json
 import logging
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
+import shlex
 import sys
 import time
 from collections import deque
@@ -54,7 +57,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from . import capture, catalog, copybuild, copyplan, copyprogress, db, sequences
+from . import capture, catalog, copybuild, copyplan, copyprogress, db, sequences, sourceread
 from . import config as configmod
 from .apply import REPORT_SECONDS, _cols, _from, _join, stream
 from .catalog import Table
@@ -78,6 +81,10 @@ class Options:
     # Text COPY even where binary would do: ~15 % fewer bytes for integer-heavy tables (a slow link to the
     # source), at more CPU on both servers.
     text: bool = False
+    # Read chunks on the source host and compress them there (sourceread.py): {"ssh": argv, "compression":
+    # "zstd"|"gzip", "pghost": host or socket directory or None, "min_bytes": smaller chunks over libpq}; None:
+    # read every chunk over libpq.
+    source_reader: dict[str, Any] | None = None
 
 
 @dataclass
@@ -87,6 +94,7 @@ class Summary:
     chunks_copied: int = 0
     rows: int = 0
     bytes: int = 0
+    source_bytes: int = 0  # read from the source: compressed where read on the source host (--source-ssh)
     seconds: float = 0.0
     snapshot: str = ""
     snapshots: int = 1  # distinct snapshots the target's loaded chunks were read in
@@ -239,6 +247,8 @@ def run(cfg: configmod.Config, opts: Options) -> Summary:
         row = source.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()
         assert row is not None
         snapshot = summary.snapshot = str(row[0])
+        if opts.source_reader and planned:  # before any change: ssh, programs, login and snapshot work
+            sourceread.from_spec(opts.source_reader, cfg.source).check(source.info.password, snapshot)
         reconcilable = _reconcilable(source, tables)
         todo, done = _prepare_target(target, cfg.name, tables, tgt, planned, snapshot, reconcilable, summary)
         summary.chunks_skipped = len(planned) - len(todo)
@@ -338,7 +348,8 @@ def _run_workers(cfg: configmod.Config, opts: Options, snapshot: str, todo: list
     def spawn() -> None:
         nonlocal next_id
         ours, theirs = ctx.Pipe()
-        p = ctx.Process(target=worker_main, args=(raw, snapshot, theirs, next_id, replica, opts.text), daemon=True,
+        p = ctx.Process(target=worker_main, args=(raw, snapshot, theirs, next_id, replica, opts.text,
+                                                  opts.source_reader), daemon=True,
                         name=f"great-escape copy worker {next_id}")
         p.start()
         theirs.close()
@@ -402,7 +413,7 @@ def _run_workers(cfg: configmod.Config, opts: Options, snapshot: str, todo: list
                     raise CopyError(f"copy {cfg.name}: {where} failed: {payload}. Nothing of that chunk was loaded; "
                                     "fix the cause and run the copy again: it resumes from the chunks marked loaded")
                 if kind in ("done", "skip"):
-                    rows, nbytes = payload if kind == "done" else (0, 0)
+                    rows, nbytes, wire = payload if kind == "done" else (0, 0, 0)
                     tracker.finish(label, rows, nbytes)
                     remaining -= 1
                     table = tracker.chunks[label].table
@@ -413,6 +424,7 @@ def _run_workers(cfg: configmod.Config, opts: Options, snapshot: str, todo: list
                         summary.chunks_copied += 1
                         summary.rows += rows
                         summary.bytes += nbytes
+                        summary.source_bytes += wire
                         summary.copied.append(label)
                 hand_out(wid)  # after ready, done or skip
             if builder:
@@ -471,6 +483,18 @@ def add_parser(sub: Any) -> None:
                         help="auto: binary COPY where every column has the same built-in type on both sides (less "
                              "CPU), else text; text: always text (fewer bytes for integer-heavy tables: for a slow "
                              "link between the source and the replication host)")
+    parser.add_argument("--source-ssh", metavar="COMMAND",
+                        help="read each chunk on the source host and compress it there (for a slow link): the ssh "
+                             "command and destination that run a shell command there, e.g. 'ssh -i KEY -p 22 "
+                             "deploy@db01'; that host needs psql and the compressor (sourceread.py)")
+    parser.add_argument("--source-compression", choices=sorted(sourceread.COMPRESSORS), default="zstd",
+                        help="with --source-ssh: zstd (default; Debian package zstd on the source host) or gzip")
+    parser.add_argument("--source-pghost", metavar="HOST",
+                        help="with --source-ssh: how psql on the source host reaches the database (e.g. its socket "
+                             "directory; then without TLS); default: the configuration's source host and TLS files")
+    parser.add_argument("--source-ssh-min-bytes", type=int, default=sourceread.MIN_BYTES, metavar="BYTES",
+                        help=f"with --source-ssh: chunks estimated smaller are read over libpq (default "
+                             f"{sourceread.MIN_BYTES}: an ssh session costs more than compressing them saves)")
     parser.add_argument("--without-capture", action="store_true",
                         help="copy even where capture is not installed (benchmarks only: changes during the copy "
                              "are not recorded)")
@@ -495,7 +519,10 @@ def _main(args: argparse.Namespace) -> int:
     opts = Options(jobs=args.jobs, chunk_bytes=args.chunk_bytes,
                    state_dir=Path(args.state_dir) if args.state_dir else None,
                    require_capture=not args.without_capture, text=args.format == "text",
-                   index_builds=copybuild.load_spec(args.index_builds) if args.index_builds else None)
+                   index_builds=copybuild.load_spec(args.index_builds) if args.index_builds else None,
+                   source_reader={"ssh": shlex.split(args.source_ssh), "compression": args.source_compression,
+                                  "pghost": args.source_pghost, "min_bytes": args.source_ssh_min_bytes}
+                   if args.source_ssh else None)
     summary = run(cfg, opts)
     out = asdict(summary)
     out["copied"] = len(summary.copied)

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from . import catalog, copyplan, db
+from . import catalog, copyplan, db, sourceread
 from . import config as configmod
 from .apply import _cols, _from, pump
 from .catalog import Table
@@ -54,27 +54,41 @@ def select_list(source: psycopg.Connection[Any], target: psycopg.Connection[Any]
 
 
 def copy_chunk(source: psycopg.Connection[Any], target: psycopg.Connection[Any], src: Table, tgt: Table,
-               chunk: Chunk, snapshot: str, name: str, report: Any = None, text: bool = False) -> tuple[int, int]:
-    """Load one chunk in one target transaction with its marker; returns (rows, bytes). Both connections
-    must be idle; the source is left idle, the target committed. `text`: text COPY even where binary would do."""
+               chunk: Chunk, snapshot: str, name: str, report: Any = None, text: bool = False,
+               reader: sourceread.SshReader | None = None) -> tuple[int, int, int]:
+    """Load one chunk in one target transaction with its marker; returns (rows, bytes, bytes read from the
+    source: compressed with a reader, else the COPY's own). Both connections
+    must be idle; the source is left idle, the target committed. `text`: text COPY even where binary would do.
+    `reader`: the rows of a big enough chunk are read on the source host (sourceread.py), `source` then only
+    answers the catalog."""
     source.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
     columns, binary = select_list(source, target, src, tgt)
     fmt = sql.SQL(" (FORMAT binary)" if binary and not text else "")
     query = sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT{}").format(
         columns, _from(src), copyplan.range_filter(src, chunk), fmt)
     load = sql.SQL("COPY {} ({}) FROM STDIN{}").format(tgt.ident, _cols(src.copy_columns), fmt)
+    remote = reader is not None and reader.wanted(chunk.est_bytes)
     try:
         with target.transaction():
-            with target.cursor() as tcur, tcur.copy(load) as inp:
-                rows, nbytes = pump(source, query, inp, report=report)
+            with target.cursor() as tcur:
+                with tcur.copy(load) as inp:
+                    if remote:
+                        assert reader is not None
+                        steps = sourceread.statements(snapshot, query.as_string(source))
+                        nbytes, wire = reader.read(source.info.password, steps, inp.write, report)
+                    else:
+                        rows, nbytes = pump(source, query, inp, report=report)
+                        wire = nbytes
+                if remote:
+                    rows = tcur.rowcount
             copyplan.mark_loaded(target, name, chunk, rows, nbytes, snapshot)
     finally:
         source.rollback()  # read only: ends the snapshot's transaction
-    return rows, nbytes
+    return rows, nbytes, wire
 
 
 def worker_main(cfg_raw: dict[str, Any], snapshot: str, conn: Any, worker_id: int, replica: bool,
-                text: bool = False) -> None:
+                text: bool = False, reader_spec: dict[str, Any] | None = None) -> None:
     """Load the chunks the coordinator sends on `conn` until None. Reports on the same pipe: ("ready"|"bytes"|
     "done"|"skip"|"error", chunk label, payload). One pipe per worker, no shared queue: a worker killed at any
     moment leaves no lock held that the others would wait for."""
@@ -94,6 +108,7 @@ def worker_main(cfg_raw: dict[str, Any], snapshot: str, conn: Any, worker_id: in
         src = {t.qualname: t for t in catalog.list_tables(source, cfg.schemas or None)}
         source.rollback()
         tgt = {t.qualname: t for t in catalog.list_tables(target, cfg.schemas or None)}
+        reader = sourceread.from_spec(reader_spec, cfg.source) if reader_spec else None
     except Exception as exc:  # noqa: BLE001 - reported to the coordinator, which names it
         conn.send(("error", None, _message(exc)))
         return
@@ -110,15 +125,16 @@ def worker_main(cfg_raw: dict[str, Any], snapshot: str, conn: Any, worker_id: in
             if copyplan.is_loaded(target, cfg.name, chunk):  # a worker that died after its commit loaded it
                 conn.send(("skip", chunk.label, None))
                 continue
-            rows, nbytes = copy_chunk(source, target, src[chunk.table], tgt[chunk.table], chunk, snapshot, cfg.name,
-                                      lambda n, label=chunk.label: conn.send(("bytes", label, n)), text)
+            rows, nbytes, wire = copy_chunk(source, target, src[chunk.table], tgt[chunk.table], chunk, snapshot,
+                                            cfg.name, lambda n, label=chunk.label: conn.send(("bytes", label, n)),
+                                            text, reader)
         except psycopg.errors.UniqueViolation:
             conn.send(("skip", chunk.label, None))  # marked by another load of it meanwhile
             continue
         except Exception as exc:  # noqa: BLE001 - reported to the coordinator, which names the chunk
             conn.send(("error", chunk.label, _message(exc)))
             return
-        conn.send(("done", chunk.label, (rows, nbytes)))
+        conn.send(("done", chunk.label, (rows, nbytes, wire)))
     source.close()
     target.close()
 

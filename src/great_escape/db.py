@@ -55,7 +55,8 @@ def describe(params: Mapping[str, Any]) -> str:
     )
 
 
-def _options(lock_timeout_ms: int | None) -> str:
+def session_options(lock_timeout_ms: int | None = None) -> str:
+    """The pinned settings (and a lock timeout) as libpq `options` / PGOPTIONS: `-c name=value ...`."""
     settings = dict(PINNED_SETTINGS)
     if lock_timeout_ms is not None:
         settings["lock_timeout"] = f"{lock_timeout_ms}ms"
@@ -84,7 +85,7 @@ def connect(
             **kwargs,
             autocommit=autocommit,
             application_name=f"great-escape {purpose}",
-            options=_options(lock_timeout_ms),
+            options=session_options(lock_timeout_ms),
         )
     except psycopg.OperationalError as exc:
         raise ConnectError(_connect_message(params, str(exc))) from exc

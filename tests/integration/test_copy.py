@@ -370,30 +370,38 @@ def test_kill_9_at_random_moments_resumes_exactly_once(dbpair, tmp_path):
     assert partial >= 3  # most trials were killed in the middle of the copy
 
 
-def test_a_killed_worker_is_replaced_and_its_chunk_loaded_in_the_same_snapshot(dbpair, tmp_path):
-    setup_schema(dbpair, SPLIT_DDL, SPLIT_TARGET_DDL)
-    dbpair.sql_source(SPLIT_SEED)
-    dbpair.sql_source("INSERT INTO bykey SELECT g, repeat('k', 40), 0 FROM generate_series(6001, 30000) g")
+def kill_a_worker_and_finish(dbpair, tmp_path, *args: str, chunk: int = 8 * 1024) -> dict:
+    """The copy command on the SPLIT tables (already seeded), one of its two workers SIGKILLed once a chunk is
+    loaded; asserts the copy replaced it and loaded every chunk once, in one snapshot, identical. Returns its
+    summary. `args`: more options of the copy command."""
     cfg = _config(dbpair, tmp_path)
     conf = _write_config(cfg, tmp_path / "ge.yml")
     with psycopg.connect(**dbpair.repl) as conn:
         copyplan.ensure_state(conn)
     proc = subprocess.Popen([sys.executable, "-m", "great_escape.cli", "copy", "--config", str(conf), "--jobs", "2",
-                             "--chunk-bytes", str(8 * 1024), "--state-dir", str(tmp_path / "state")],
+                             "--chunk-bytes", str(chunk), "--state-dir", str(tmp_path / "state"), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not _markers(dbpair, cfg.name) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 60
+    while not _markers(dbpair, cfg.name) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     workers = _children(proc.pid)
     assert proc.poll() is None and len(workers) == 2
     os.kill(workers[0], signal.SIGKILL)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
     assert "died (exit code -9)" in err
     summary = json.loads(out)
     assert summary["snapshots"] == 1 and summary["chunks_skipped"] == 0
     assert summary["chunks_total"] == sum(_markers(dbpair, cfg.name).values())
     assert_identical(dbpair)
+    return summary
+
+
+def test_a_killed_worker_is_replaced_and_its_chunk_loaded_in_the_same_snapshot(dbpair, tmp_path):
+    setup_schema(dbpair, SPLIT_DDL, SPLIT_TARGET_DDL)
+    dbpair.sql_source(SPLIT_SEED)
+    dbpair.sql_source("INSERT INTO bykey SELECT g, repeat('k', 40), 0 FROM generate_series(6001, 30000) g")
+    kill_a_worker_and_finish(dbpair, tmp_path)
 
 
 def test_widened_integer_keys_are_copied_in_binary_cast_on_the_source(dbpair, tmp_path):
