@@ -5,6 +5,7 @@ vs `pgcopydb clone`, on the same source database, into the same target cluster.
 
     python -m bench copy --scale medium --variants plain,great-escape --ge-variant 'z0={"dump_compress": 0}'
     python -m bench copy --scale medium --link wan              # across an emulated 400 Mbit/s link
+    python -m bench copy --link wan --link-rate 100mbit --ge-variant 'read-on-source={"ge_copy_read_on_source": true}'
     python -m bench copy --scale medium --data giant            # one table holds >= 80 % of the bytes
 
 Data (--data standard): pgbench at a scale plus one wide table (bench.initial_copy.WIDE) holding ~60-70% of
