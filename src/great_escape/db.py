@@ -55,6 +55,12 @@ def describe(params: Mapping[str, Any]) -> str:
     )
 
 
+def pgpass_line(params: Mapping[str, Any]) -> str:
+    """One line of a libpq password file for `params` (host, port, dbname, user, password; "*" matches any)."""
+    fields = [str(params.get(k, "")) for k in ("host", "port", "dbname", "user", "password")]
+    return ":".join(f.replace("\\", "\\\\").replace(":", "\\:") for f in fields) + "\n"
+
+
 def session_options(lock_timeout_ms: int | None = None) -> str:
     """The pinned settings (and a lock timeout) as libpq `options` / PGOPTIONS: `-c name=value ...`."""
     settings = dict(PINNED_SETTINGS)

@@ -247,11 +247,6 @@ def finish_restore(conn: psycopg.Connection[Any], schemas: list[str] | None, use
     return result
 
 
-def _pgpass_line(params: dict[str, Any]) -> str:
-    fields = [str(params.get(k, "")) for k in ("host", "port", "dbname", "user", "password")]
-    return ":".join(f.replace("\\", "\\\\").replace(":", "\\:") for f in fields) + "\n"
-
-
 def _holds(path: Path, text: str) -> bool:
     return path.exists() and path.read_text() == text
 
@@ -292,7 +287,7 @@ def prepare_copy(conn: psycopg.Connection[Any], req: dict[str, Any], check: bool
         changed = [str(f) for f, text in files.items() if not _holds(f, text)]
         return {"schemas": schemas, "new_privileges": new, "files_changed": changed}
     copy_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-    _write_private(passfile, _pgpass_line(source) + _pgpass_line(target), 0o600)
+    _write_private(passfile, db.pgpass_line(source) + db.pgpass_line(target), 0o600)
     changed = [str(f) for f, text in files.items() if _write_private(f, text, 0o640)]
     return {"schemas": schemas, "new_privileges": new, "files_changed": changed}
 
@@ -336,7 +331,7 @@ def prepare_restore(connect: Callable[[], psycopg.Connection[Any]], req: dict[st
     if check:
         return {"dump_id": dump_id, "steps": steps, "dropped": [], "entries": {}}
     work.mkdir(mode=0o750, parents=True, exist_ok=True)
-    _write_private(work / "pgpass", _pgpass_line(req["target"]), 0o600)
+    _write_private(work / "pgpass", db.pgpass_line(req["target"]), 0o600)
     owner.write_text(dump_id + "\n")
     toc = write_toc_lists(dump_dir, work, req.get("pg_restore") or "pg_restore")
     if req.get("progress_state_dir"):  # this run's start, for `great-escape progress show`

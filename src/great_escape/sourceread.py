@@ -29,12 +29,12 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from . import db
+from .apply import REPORT_SECONDS
 from .copyplan import CopyError
 
 COMPRESSORS = {"zstd": "zstd -1 -q -c", "gzip": "gzip -1 -c"}  # the fastest levels: the link is the slow part
 MIN_BYTES = 8 << 20  # default: chunks estimated smaller are read over libpq
 READ_BYTES = 1 << 20  # compressed bytes per read from ssh
-REPORT_SECONDS = 1.0
 SSH_VALUE_OPTIONS = frozenset("BbcDEeFIiJLlmOoPpQRSWw")  # ssh's options that take a value (ssh(1))
 STDERR_CHARS = 2000  # of the source host's error output, in an error message
 # What the reader's psql may take from the source endpoint: connection and TLS settings, never the password.
@@ -115,7 +115,9 @@ class SshReader:
             try:
                 assert proc.stdin is not None and proc.stdout is not None
                 try:
-                    proc.stdin.write(_pgpass_line(password))
+                    if password is not None:
+                        proc.stdin.write(db.pgpass_line(dict.fromkeys(("host", "port", "dbname", "user"), "*")
+                                                        | {"password": password}).encode())
                     proc.stdin.close()
                 except BrokenPipeError:  # it ended before reading: its exit status and stderr say why
                     pass
@@ -195,8 +197,3 @@ def _destination(argv: Sequence[str]) -> str:
     return argv[-1]
 
 
-def _pgpass_line(password: str | None) -> bytes:
-    if password is None:
-        return b""
-    escaped = password.replace("\\", "\\\\").replace(":", "\\:")
-    return f"*:*:*:*:{escaped}\n".encode()
