@@ -3,8 +3,9 @@ progress line with rate and ETA per interval and recording it in the engine's pr
 
 One task, one loop on the controller: nothing nests, so a dump that runs for days polls as often as it needs.
 Each poll is one shell command on the job's host (wait for the job's results file for at most one interval,
-check that the job's process group is alive, measure the progress); Ansible's ``async_status`` module reads
-the job's result once it has ended. The job's process group is found once at the start and named in the
+check that the job's process group is alive, measure the progress); the poll that sees the job ended reads
+its results file too and returns it as Ansible's ``async_status`` module would (a module run less at each end
+of the wait). The job's process group is found once at the start and named in the
 first line and in every error, so an interrupted wait never leaves a job running unmentioned.
 """
 
@@ -124,7 +125,7 @@ attributes:
     support: none
 notes:
   - An action plugin running on the controller; the polls run on the job's host (or its C(delegate_to))
-    with the task's connection and become settings, and need only C(sh), C(head), C(sleep), C(ps) and
+    with the task's connection and become settings, and need only C(sh), C(cat), C(sleep), C(ps) and
     C(du) there.
   - The job's own time limit is the starting task's C(async) value; Ansible kills the job when it is reached.
   - A job found dead without a result (host rebooted, killed with SIGKILL) fails the wait at the next poll.
@@ -239,6 +240,7 @@ class Poll:
     alive: bool | None  # the job's process group exists; None when the group is unknown
     measure_rc: int | None  # None: nothing was measured
     measure_out: str = ""
+    result: str | None = None  # the results file's text, once the job has ended
 
 
 @dataclass
@@ -265,9 +267,12 @@ def wrapper_pattern(jid: str) -> str:
     return f"[a]sync_wrapper[^ ]* {prefix} "
 
 
-def poll_script(results_file: str, interval: float, jid: str, group: int | None, measure: list[str] | None) -> str:
+def poll_script(results_file: str, interval: float, jid: str, group: int | None, measure: list[str] | None,
+                after_end: bool = False) -> str:
     """POSIX sh for one poll: wait up to `interval` for the job to end, then report whether it wrote its
-    result, whether it still runs, and the measure's output, after marker lines.
+    result, whether it still runs, and the measure's output, after marker lines. A job that has ended is
+    measured only `after_end` (a failed job's last line): a measure may be a Python start of a second or so,
+    which every phase would otherwise wait for after its job.
 
     Each check uses shell builtins only (no process started): the results file's first line, and while the
     group is known `kill -0`. The file is what ends the wait: the job's group outlives the job by up to 5 s,
@@ -294,9 +299,12 @@ def poll_script(results_file: str, interval: float, jid: str, group: int | None,
         f"if [ ! -e {quoted} ]; then st=missing; elif {ended}; then st=ended; else st=running; fi",
         alive,
         f'echo "{_MARK} state=$st alive=$al"',
+        # The job's result, read here instead of by a second module run (async_status, ~0.4 s a call).
+        f'if [ "$st" = ended ]; then echo "{_MARK} result"; cat {quoted}; echo; echo "{_MARK} result-end"; fi',
     ]
     if measure:
-        lines += [" ".join(shlex.quote(a) for a in measure), f'echo "{_MARK} measure_rc=$?"']
+        run = f'{" ".join(shlex.quote(a) for a in measure)}; echo "{_MARK} measure_rc=$?"'
+        lines.append(run if after_end else f'if [ "$st" != ended ]; then {run}; fi')
     return "\n".join(lines) + "\n"
 
 
@@ -309,9 +317,31 @@ def parse_poll(stdout: str) -> Poll:
     state, _, alive = status_line.partition(" alive=")
     if state not in ("running", "ended", "missing"):
         raise ValueError(f"unexpected job state in the poll's output: {status_line!r}")
+    result = None
+    if rest.startswith(_MARK + " result\n"):
+        result, sep, rest = rest[len(_MARK) + 8:].partition(f"\n{_MARK} result-end\n")
+        if not sep:
+            raise ValueError(f"the job's result was cut short in the poll's output: {result[-500:]!r}")
     measure_out, sep, rc_line = rest.rpartition(_MARK + " measure_rc=")
     measure_rc = int(rc_line.split()[0]) if sep else None
-    return Poll(state, {"1": True, "0": False}.get(alive.strip()), measure_rc, measure_out if sep else "")
+    return Poll(state, {"1": True, "0": False}.get(alive.strip()), measure_rc, measure_out if sep else "", result)
+
+
+def job_status(text: str, jid: str) -> dict[str, Any]:
+    """An ended job's results file -> the result Ansible's async_status would return for it."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        return {"failed": True, "finished": True, "ansible_job_id": jid,
+                "msg": f"could not parse the job's output: {text.strip()[:500]!r}"}
+    data = {k: v for k, v in data.items() if not k.startswith("_ansible_")}
+    data.update(finished=True, ansible_job_id=jid)
+    for stream in ("stdout", "stderr"):
+        if isinstance(data.get(stream), str) and f"{stream}_lines" not in data:
+            data[f"{stream}_lines"] = data[stream].splitlines()
+    return data
 
 
 def parse_measure(output: str, rc: int, done_key: str | None, total_key: str | None) -> Sample:
@@ -460,7 +490,7 @@ class ActionModule(ActionBase):
             raise AnsibleError(f"ge_wait: jid {exc}: pass the ansible_job_id registered from the task started "
                                "with async and poll: 0") from None
         host = str((task_vars or {}).get("inventory_hostname", "?"))
-        wait = _Wait(self, args, host, check_mode, task_vars or {})
+        wait = _Wait(self, args, host, check_mode)
         return dict(result, **wait.run())
 
     # Thin wrappers, so _Wait does not reach into ActionBase's protected API in many places.
@@ -470,18 +500,13 @@ class ActionModule(ActionBase):
         local = self._connection.transport in ("local", "ansible.builtin.local", "ansible.legacy.local")
         return self._low_level_execute_command(cmd, sudoable=True, executable="" if local else "/bin/sh")
 
-    def _async_status(self, jid: str, async_dir: str, task_vars: dict[str, Any]) -> dict[str, Any]:
-        return self._execute_module(module_name="ansible.legacy.async_status", task_vars=task_vars,
-                                    module_args={"jid": jid, "mode": "status", "_async_dir": async_dir})
-
     def _async_dir(self) -> str:
         return str(self._remote_expand_user(self.get_shell_option("async_dir", default="~/.ansible_async")))
 
 
 class _Wait:
-    def __init__(self, action: ActionModule, args: dict[str, Any], host: str, check_mode: bool,
-                 task_vars: dict[str, Any]) -> None:
-        self.action, self.args, self.host, self.task_vars = action, args, host, task_vars
+    def __init__(self, action: ActionModule, args: dict[str, Any], host: str, check_mode: bool) -> None:
+        self.action, self.args, self.host = action, args, host
         self.jid: str = args["jid"]
         self.what: str = args["what"]
         self.group: int | None = None
@@ -515,18 +540,18 @@ class _Wait:
         self.recorder = _Recorder(self.args["state_dir"], self.args["phase"], self.args["unit"],
                                   self.args["progress_python"], self.check_mode,
                                   self.action._shell if self.args["record_on_host"] else None)
-        async_dir = self.action._async_dir()
-        results_file = self.results_file = f"{async_dir.rstrip('/')}/{self.jid}"
-        status = self.action._async_status(self.jid, async_dir, self.task_vars)
-        if status.get("failed") and not status.get("rc") and "could not find job" in str(status.get("msg")):
+        results_file = self.results_file = f"{self.action._async_dir().rstrip('/')}/{self.jid}"
+        first = self._poll(results_file, wait=False)
+        if first.state == "missing":
             raise AnsibleError(f"no async job {self.jid} on {self.host} (no {results_file}): the task that started "
                                "it did not run there, or its result was already collected")
-        if not status.get("finished"):
+        status = self._status(first)
+        if status is None:
             self.group = self._find_group()
             self._say(f"[{self.host}] waiting for {self.what}: {stop_hint(self.host, self.jid, self.group)}; "
                       f"a line every {self.args['interval']:g} s")
         lost = 0
-        while not status.get("finished"):
+        while status is None:
             try:
                 poll = self._poll(results_file)
             except AnsibleConnectionFailure as exc:  # a network blip must not end a wait of days
@@ -541,14 +566,14 @@ class _Wait:
             self.polls += 1
             if poll.state == "missing":
                 raise AnsibleError(f"the results file {results_file} of the async job is gone")
-            if poll.state == "ended" or poll.alive is False:
-                status = self.action._async_status(self.jid, async_dir, self.task_vars)
-                if status.get("finished"):
-                    break
-                if poll.alive is False:
+            if poll.alive is False and poll.state != "ended":
+                poll = self._poll(results_file, wait=False)  # it may have written its result since that check
+                if poll.state != "ended":
                     raise AnsibleError(f"{self.what} ended without writing its result to {results_file} "
                                        "(killed with SIGKILL, or the host restarted)")
-            self._show("running")
+            status = self._status(poll)
+            if status is None:
+                self._show("running")
         return self._finished(status)
 
     def _find_group(self) -> int | None:
@@ -556,9 +581,14 @@ class _Wait:
         out = self.action._shell(f"ps -ww -eo pid=,pgid=,args= 2>/dev/null | grep -e {pattern}")
         return find_group(out.get("stdout", ""), self.jid)
 
-    def _poll(self, results_file: str) -> Poll:
-        out = self.action._shell(poll_script(results_file, self.args["interval"], self.jid, self.group,
-                                             self.measure))
+    def _status(self, poll: Poll) -> dict[str, Any] | None:
+        """The job's result once the poll saw it ended, else None."""
+        return job_status(poll.result or "", self.jid) if poll.state == "ended" else None
+
+    def _poll(self, results_file: str, after_end: bool = False, wait: bool = True) -> Poll:
+        """One poll; without `wait` a look at once, nothing measured."""
+        out = self.action._shell(poll_script(results_file, self.args["interval"] if wait else 0, self.jid, self.group,
+                                             self.measure if wait or after_end else None, after_end))
         if out.get("rc") not in (0, None) and _MARK not in out.get("stdout", ""):
             raise AnsibleError(f"polling {self.host} failed (exit {out.get('rc')}): "
                                f"{_first_line(out.get('stderr', '') or out.get('stdout', ''))}")
@@ -595,7 +625,7 @@ class _Wait:
         if failed:
             if self.measure:  # what the job got done, measured now that it has ended
                 try:
-                    self._poll(self.results_file)
+                    self._poll(self.results_file, after_end=True)
                 except (AnsibleError, ValueError):
                     pass  # the line shows the last measure
             self._show("failed")

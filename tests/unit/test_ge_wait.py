@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -33,8 +34,9 @@ def group():
     proc.wait()
 
 
-def poll(results: Path, interval: float, pgid: int | None, measure: list[str] | None = None, jid: str = "j1.2"):
-    out = subprocess.run(["/bin/sh", "-c", ge_wait.poll_script(str(results), interval, jid, pgid, measure)],
+def poll(results: Path, interval: float, pgid: int | None, measure: list[str] | None = None, jid: str = "j1.2",
+         after_end: bool = False):
+    out = subprocess.run(["/bin/sh", "-c", ge_wait.poll_script(str(results), interval, jid, pgid, measure, after_end)],
                          capture_output=True, text=True, check=True).stdout
     return ge_wait.parse_poll(out)
 
@@ -120,8 +122,40 @@ def test_paths_with_quotes_and_spaces_reach_the_shell_intact(tmp_path, group):
     odd.mkdir()
     results = odd / "j1.2"
     results.write_text(RESULT)
-    seen = poll(results, 0.05, group.pid, ["du", "--summarize", "--bytes", str(odd)])
+    seen = poll(results, 0.05, group.pid, ["du", "--summarize", "--bytes", str(odd)], after_end=True)
     assert seen.state == "ended" and seen.measure_rc == 0
+
+
+def test_an_ended_job_is_measured_only_when_asked(tmp_path, group):
+    # The wait returns the job's result at once; a failed job's last line measures what it got done.
+    results = tmp_path / "j1.2"
+    results.write_text(RESULT)
+    measure = ["sh", "-c", "echo measured > " + shlex.quote(str(tmp_path / "ran"))]
+    assert poll(results, 0.05, group.pid, measure).measure_rc is None
+    assert not (tmp_path / "ran").exists()
+    assert poll(results, 0.05, group.pid, measure, after_end=True).measure_rc == 0
+    assert (tmp_path / "ran").read_text() == "measured\n"
+
+
+def test_the_poll_that_sees_the_job_ended_brings_its_result(tmp_path, group):
+    results = tmp_path / "j1.2"
+    results.write_text(RUNNING)
+    assert poll(results, 0.05, group.pid).result is None
+    results.write_text(RESULT + "\n")
+    seen = poll(results, 0.05, group.pid, ["true"])
+    status = ge_wait.job_status(seen.result, "j1.2")
+    assert (status["finished"], status["rc"], status["ansible_job_id"]) == (True, 0, "j1.2")
+    assert status["stdout_lines"] == ['{"started": 1}'] and "stderr_lines" not in status
+
+
+def test_a_result_that_is_not_json_fails_the_job_with_its_text():
+    status = ge_wait.job_status("Traceback (most recent call last):\n", "j1.2")
+    assert status["failed"] is True and status["finished"] is True and "Traceback" in status["msg"]
+
+
+def test_ansibles_internal_keys_are_not_returned():
+    status = ge_wait.job_status(json.dumps({"rc": 1, "_ansible_no_log": False, "stderr": "boom"}), "j1.2")
+    assert "_ansible_no_log" not in status and status["stderr_lines"] == ["boom"]
 
 
 def test_unexpected_poll_output_is_an_error():
