@@ -211,6 +211,7 @@ def run(cfg: configmod.Config, opts: Options) -> Summary:
     source = db.connect(cfg.source, purpose)
     target = db.connect(cfg.target, purpose, autocommit=True)  # each change an explicit transaction
     builder: copybuild.Builder | None = None
+    pool: _Workers | None = None
     try:
         tables, tgt = _tables(source, target, cfg, opts.require_capture)
         copyplan.ensure_state(target)
@@ -229,6 +230,7 @@ def run(cfg: configmod.Config, opts: Options) -> Summary:
                      cfg.name, copyplan.SCHEMA, copyplan.SCHEMA)
             summary.sequences_moved = _copy_sequences(cfg)  # never backwards: harmless if the sync runs
             return summary
+        pool = _Workers(cfg, opts)
         with target.transaction():
             planned = copyplan.load_plan(target, cfg.name)
             known = {c.table for c in planned}
@@ -270,9 +272,11 @@ def run(cfg: configmod.Config, opts: Options) -> Summary:
             if n == 0 and builder:
                 builder.loaded(name)
         if todo:
-            _run_workers(cfg, opts, snapshot, todo, tracker, summary, replica, left, builder)
+            pool.begin(snapshot, replica)
+            _run_workers(cfg, opts, pool, todo, tracker, summary, left, builder)
             if builder:
                 builder.all_loaded()
+        pool.stop()
         stale = sorted({table for (table, _), snap in done.items() if snap != snapshot and table in in_scope})
         if stale and replica:  # the target's triggers must not fire (DESIGN.md invariant 6)
             db.set_replica_role(target, cfg.target_replica_role_function)
@@ -296,6 +300,8 @@ def run(cfg: configmod.Config, opts: Options) -> Summary:
         tracker.write("done")
         return summary
     except BaseException:
+        if pool:
+            pool.stop()
         if builder:
             builder.stop()
         try:
@@ -331,38 +337,75 @@ def _lock(target: psycopg.Connection[Any], name: str, wait: float = 10.0) -> boo
         time.sleep(0.2)
 
 
-def _run_workers(cfg: configmod.Config, opts: Options, snapshot: str, todo: list[Chunk], tracker: copyprogress.Tracker,
-                 summary: Summary, replica: bool, left: dict[str, int], builder: copybuild.Builder | None) -> None:
-    """Hand the chunks, biggest first, to `opts.jobs` worker processes; replace a worker that dies and hand
-    its chunk out again (the snapshot is still held here, so it is read in the same snapshot). `left` counts
-    each table's chunks still to load; the builder gets a table when its count reaches 0."""
-    ctx = mp.get_context("spawn")  # a fresh interpreter: no connection of the coordinator's is inherited
-    raw = _config_dict(cfg)
-    pending = deque(todo)
-    jobs = max(1, min(opts.jobs, len(todo)))
-    workers: dict[int, tuple[Any, Any]] = {}  # id -> (process, pipe)
-    assigned: dict[int, Chunk | None] = {}
-    restarts = 0
-    next_id = 0
+class _Workers:
+    """The copy's worker processes, one pipe each. Started before the plan is made: a fresh interpreter, its
+    imports and connections take about a second, spent while the coordinator plans and exports the snapshot;
+    `begin` then tells them the snapshot (a worker started later, to replace one that died, is told at once)."""
 
-    def spawn() -> None:
-        nonlocal next_id
-        ours, theirs = ctx.Pipe()
-        p = ctx.Process(target=worker_main, args=(raw, snapshot, theirs, next_id, replica, opts.text,
-                                                  opts.source_reader), daemon=True,
-                        name=f"great-escape copy worker {next_id}")
+    def __init__(self, cfg: configmod.Config, opts: Options) -> None:
+        self.ctx = mp.get_context("spawn")  # a fresh interpreter: no connection of the coordinator's is inherited
+        self.raw, self.opts = _config_dict(cfg), opts
+        self.procs: dict[int, tuple[Any, Any]] = {}  # id -> (process, pipe)
+        self.begun: tuple[str, bool] | None = None  # (snapshot, replica)
+        self.next_id = 0
+        for _ in range(max(1, opts.jobs)):
+            self.spawn()
+
+    def spawn(self) -> int:
+        ours, theirs = self.ctx.Pipe()
+        wid = self.next_id
+        p = self.ctx.Process(target=worker_main, args=(self.raw, theirs, wid, self.opts.text, self.opts.source_reader),
+                             daemon=True, name=f"great-escape copy worker {wid}")
         p.start()
         theirs.close()
-        workers[next_id] = (p, ours)
-        assigned[next_id] = None
-        next_id += 1
+        self.procs[wid] = (p, ours)
+        self.next_id += 1
+        if self.begun:
+            self.send(wid, self.begun)
+        return wid
+
+    def begin(self, snapshot: str, replica: bool) -> None:
+        self.begun = (snapshot, replica)
+        for wid in list(self.procs):
+            self.send(wid, self.begun)
+
+    def send(self, wid: int, message: Any) -> bool:
+        """False when the worker is gone (its end is seen when its pipe is read)."""
+        try:
+            self.procs[wid][1].send(message)
+        except OSError:
+            return False
+        return True
+
+    def stop(self) -> None:
+        for wid in self.procs:
+            self.send(wid, None)  # a busy worker finishes its chunk first
+        deadline = time.monotonic() + 10
+        for p, pipe in self.procs.values():
+            p.join(max(0.1, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+            pipe.close()
+        self.procs.clear()
+
+
+def _run_workers(cfg: configmod.Config, opts: Options, pool: _Workers, todo: list[Chunk],
+                 tracker: copyprogress.Tracker, summary: Summary, left: dict[str, int],
+                 builder: copybuild.Builder | None) -> None:
+    """Hand the chunks, biggest first, to the pool's workers (told the snapshot); replace a worker that dies and
+    hand its chunk out again (the snapshot is still held here, so it is read in the same snapshot). `left` counts
+    each table's chunks still to load; the builder gets a table when its count reaches 0."""
+    pending = deque(todo)
+    workers = pool.procs
+    jobs = max(1, min(opts.jobs, len(todo)))
+    assigned: dict[int, Chunk | None] = dict.fromkeys(workers)
+    restarts = 0
 
     def hand_out(wid: int) -> None:
         chunk = pending.popleft() if pending else None
         assigned[wid] = chunk
-        try:
-            workers[wid][1].send(None if chunk is None else asdict(chunk))
-        except OSError:  # it died meanwhile
+        if not pool.send(wid, None if chunk is None else asdict(chunk)):  # it died meanwhile
             died(wid)
             return
         if chunk is not None:
@@ -386,65 +429,49 @@ def _run_workers(cfg: configmod.Config, opts: Options, snapshot: str, todo: list
             tracker.finish(lost.label, 0, 0, loaded=False)
             pending.appendleft(lost)
         if pending:
-            spawn()
+            assigned[pool.spawn()] = None
 
-    for _ in range(jobs):
-        spawn()
     remaining = len(todo)
     last_write = 0.0
-    try:
-        while remaining:
-            if not workers:
-                raise CopyError(f"copy {cfg.name}: no worker left with {remaining} chunk(s) to copy")
-            by_pipe = {pipe: wid for wid, (_, pipe) in workers.items()}
-            building = builder is not None and builder.busy
-            for pipe in mp_connection.wait(list(by_pipe), timeout=BUILD_POLL_SECONDS if building else REPORT_SECONDS):
-                wid = by_pipe[pipe]
-                try:
-                    kind, label, payload = pipe.recv()
-                except (EOFError, OSError):
-                    died(wid)
-                    continue
-                if kind == "bytes":
-                    tracker.bytes(label, payload)
-                    continue
-                if kind == "error":
-                    where = f"chunk {label}" if label else "a worker"
-                    raise CopyError(f"copy {cfg.name}: {where} failed: {payload}. Nothing of that chunk was loaded; "
-                                    "fix the cause and run the copy again: it resumes from the chunks marked loaded")
-                if kind in ("done", "skip"):
-                    rows, nbytes, wire = payload if kind == "done" else (0, 0, 0)
-                    tracker.finish(label, rows, nbytes)
-                    remaining -= 1
-                    table = tracker.chunks[label].table
-                    left[table] -= 1
-                    if left[table] == 0 and builder:
-                        builder.loaded(table)
-                    if kind == "done":
-                        summary.chunks_copied += 1
-                        summary.rows += rows
-                        summary.bytes += nbytes
-                        summary.source_bytes += wire
-                        summary.copied.append(label)
-                hand_out(wid)  # after ready, done or skip
-            if builder:
-                builder.poll()
-            if time.monotonic() - last_write >= REPORT_SECONDS:
-                tracker.write("running")
-                last_write = time.monotonic()
-    finally:
-        for _p, pipe in workers.values():
+    while remaining:
+        if not workers:
+            raise CopyError(f"copy {cfg.name}: no worker left with {remaining} chunk(s) to copy")
+        by_pipe = {pipe: wid for wid, (_, pipe) in workers.items()}
+        building = builder is not None and builder.busy
+        for pipe in mp_connection.wait(list(by_pipe), timeout=BUILD_POLL_SECONDS if building else REPORT_SECONDS):
+            wid = by_pipe[pipe]
             try:
-                pipe.send(None)  # a busy worker finishes its chunk first
-            except OSError:
-                pass
-        deadline = time.monotonic() + 10
-        for p, pipe in workers.values():
-            p.join(max(0.1, deadline - time.monotonic()))
-            if p.is_alive():
-                p.kill()
-                p.join(5)
-            pipe.close()
+                kind, label, payload = pipe.recv()
+            except (EOFError, OSError):
+                died(wid)
+                continue
+            if kind == "bytes":
+                tracker.bytes(label, payload)
+                continue
+            if kind == "error":
+                where = f"chunk {label}" if label else "a worker"
+                raise CopyError(f"copy {cfg.name}: {where} failed: {payload}. Nothing of that chunk was loaded; "
+                                "fix the cause and run the copy again: it resumes from the chunks marked loaded")
+            if kind in ("done", "skip"):
+                rows, nbytes, wire = payload if kind == "done" else (0, 0, 0)
+                tracker.finish(label, rows, nbytes)
+                remaining -= 1
+                table = tracker.chunks[label].table
+                left[table] -= 1
+                if left[table] == 0 and builder:
+                    builder.loaded(table)
+                if kind == "done":
+                    summary.chunks_copied += 1
+                    summary.rows += rows
+                    summary.bytes += nbytes
+                    summary.source_bytes += wire
+                    summary.copied.append(label)
+            hand_out(wid)  # after ready, done or skip
+        if builder:
+            builder.poll()
+        if time.monotonic() - last_write >= REPORT_SECONDS:
+            tracker.write("running")
+            last_write = time.monotonic()
 
 
 def _has_triggers(target: psycopg.Connection[Any], tgt: dict[str, Table]) -> bool:

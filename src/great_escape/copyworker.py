@@ -87,11 +87,12 @@ def copy_chunk(source: psycopg.Connection[Any], target: psycopg.Connection[Any],
     return rows, nbytes, wire
 
 
-def worker_main(cfg_raw: dict[str, Any], snapshot: str, conn: Any, worker_id: int, replica: bool,
-                text: bool = False, reader_spec: dict[str, Any] | None = None) -> None:
-    """Load the chunks the coordinator sends on `conn` until None. Reports on the same pipe: ("ready"|"bytes"|
-    "done"|"skip"|"error", chunk label, payload). One pipe per worker, no shared queue: a worker killed at any
-    moment leaves no lock held that the others would wait for."""
+def worker_main(cfg_raw: dict[str, Any], conn: Any, worker_id: int, text: bool = False,
+                reader_spec: dict[str, Any] | None = None) -> None:
+    """Connect, then take from `conn` the snapshot and whether the target's triggers must not fire
+    ((snapshot, replica), sent once the coordinator has exported it), then load the chunks it sends until None.
+    Reports on the same pipe: ("ready"|"bytes"|"done"|"skip"|"error", chunk label, payload). One pipe per worker,
+    no shared queue: a worker killed at any moment leaves no lock held that the others would wait for."""
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides; a ^C reaches it too
     cfg = configmod.from_dict(cfg_raw)
@@ -103,12 +104,18 @@ def worker_main(cfg_raw: dict[str, Any], snapshot: str, conn: Any, worker_id: in
         target = db.connect(cfg.target, purpose, autocommit=True)
         # Rows and marker commit together; losing both in a server crash is the same as never committing.
         target.execute("SET synchronous_commit = off")
-        if replica:  # the target's tables have triggers (foreign keys, user triggers): do not fire them
-            db.set_replica_role(target, cfg.target_replica_role_function)
         src = {t.qualname: t for t in catalog.list_tables(source, cfg.schemas or None)}
         source.rollback()
         tgt = {t.qualname: t for t in catalog.list_tables(target, cfg.schemas or None)}
         reader = sourceread.from_spec(reader_spec, cfg.source) if reader_spec else None
+        begun = conn.recv()
+        if begun is None:  # stopped before the copy began
+            return
+        snapshot, replica = begun
+        if replica:  # the target's tables have triggers (foreign keys, user triggers): do not fire them
+            db.set_replica_role(target, cfg.target_replica_role_function)
+    except EOFError:  # the coordinator is gone
+        return
     except Exception as exc:  # noqa: BLE001 - reported to the coordinator, which names it
         conn.send(("error", None, _message(exc)))
         return
