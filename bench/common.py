@@ -221,14 +221,18 @@ def playbook_env() -> dict[str, str]:
                 PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
 
 
-def run_playbook(playbook: str, inventory: Path, *, extra: dict[str, Any] | None = None, timeout: float,
-                 log: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """ansible-playbook -i inventory ROOT/playbook [-e extra]; BenchError with the tail of its output on failure."""
-    cmd = [ANSIBLE_PLAYBOOK, "-i", str(inventory), str(ROOT / playbook)]
+def run_playbook(playbook: str | list[str], inventory: Path, *, extra: dict[str, Any] | None = None,
+                 timeout: float, log: Path | None = None,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """ansible-playbook -i inventory ROOT/playbook... [-e extra] (several playbooks: one after the other in one
+    process); BenchError with the tail of its output on failure."""
+    playbooks = [playbook] if isinstance(playbook, str) else playbook
+    cmd = [ANSIBLE_PLAYBOOK, "-i", str(inventory), *(str(ROOT / p) for p in playbooks)]
     if extra:
         cmd += ["-e", json.dumps(extra)]
     try:
-        return run(cmd, env={**playbook_env(), **(env or {})}, timeout=timeout, what=playbook, log=log, cwd=ROOT)
+        return run(cmd, env={**playbook_env(), **(env or {})}, timeout=timeout, what=" ".join(playbooks), log=log,
+                   cwd=ROOT)
     except BenchError as exc:
         # Ansible's reason is on the fatal/failed lines, far above the recap that ends the output.
         text = log.read_text() if log and log.exists() else ""

@@ -19,7 +19,8 @@ great-escape runs once per copy method (--ge-methods, `-e ge_copy_method=...`): 
 through dump files) and chunked (the engine's chunked, pipelined copy), each labelled; a method the roles do
 not have yet is reported as not run.
 great-escape runs its real phase playbooks (DESIGN.md phases 5-7: 04_dump.yml, 05_transfer.yml,
-06_restore.yml) through an inventory generated for the bench clusters; --ge-variant adds runs with other
+06_restore.yml, in one ansible-playbook process as migrate.yml runs them) through an inventory generated
+for the bench clusters; --ge-variant adds runs with other
 role variables, to measure a setting against the same baselines. Goals: total <= 0.6 x plain and
 <= 1.0 x pgcopydb. Besides the totals, the report shows the time per playbook section (profile_tasks)
 and per table (both servers' statement logs).
@@ -30,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import json
 import os
 import re
@@ -132,7 +134,7 @@ SECTIONS = {
              (r"Ensure the sha256 manifest", "manifest")),
     "transfer": ((r"Start one rsync per stream|Start rsync", "rsync"),
                  (r"Compare every received file", "verify")),
-    "restore": ((r"Check the dump and the target, restore the schema", "checks, pre-data, bigint, copy setup"),
+    "restore": ((r"Check the dump and the target, restore the schema", "checks, pre-data, bigint, grants, copy setup"),
                 (r"Restore the schema \(pre-data\)", "pre-data"), (r"Convert int keys", "bigint"),
                 (r"Empty the tables|Run pg_restore for the data|Ensure the data step is marked started", "data"),
                 # ge_copy_method chunked (the engine's copy instead of pg_restore's data section)
@@ -140,8 +142,10 @@ SECTIONS = {
                  "copy setup"),
                 (r"Start the chunked copy", "chunked copy"), (r"Ensure the sequences' values are copied", "sequences"),
                 (r"Run pg_restore for indexes|Ensure the post-data step is marked started", "post-data"),
-                (r"Grant the replication user", "grants")),
+                # up to 2026-12-03: the replication user's grants at the end, then the application's owners
+                (r"Grant the replication user|Ensure the application's owners and privileges", "grants, owners")),
 }
+_PLAY = re.compile(r"^PLAY \[(.*?)\] \*+")
 _TASK = re.compile(r"^TASK \[(?:[\w.]+ : )?(.*?)\] \*+")
 _STAMP = re.compile(r"^\w+ \d+ \w+ \d{4}\s+\S+ \S+ \(\S+\)\s+(\d+):(\d+):([\d.]+) \*+")
 
@@ -149,19 +153,24 @@ _STAMP = re.compile(r"^\w+ \d+ \w+ \d{4}\s+\S+ \S+ \(\S+\)\s+(\d+):(\d+):([\d.]+
 SKIPPED = "(skipped) "  # prefix of a task every host skipped: it names no section (the other method's tasks)
 
 
-def task_timeline(output: str) -> tuple[list[tuple[str, float]], float]:
-    """([(task name, start in s since the play began)], end in s) from profile_tasks' output; a task whose
-    every result line was 'skipping:' has its name prefixed with SKIPPED."""
-    tasks: list[tuple[str, float]] = []
+def task_timeline(output: str) -> tuple[list[tuple[str, float, str]], float]:
+    """([(task name, start in s since the first play began, play name)], end in s) from profile_tasks'
+    output; a task whose every result line was 'skipping:' has its name prefixed with SKIPPED."""
+    tasks: list[tuple[str, float, str]] = []
     end = 0.0
     name: str | None = None
+    play = ""
     statuses: set[str] = set()
 
     def mark_skipped() -> None:
         if tasks and statuses == {"skipping"}:
-            tasks[-1] = (SKIPPED + tasks[-1][0], tasks[-1][1])
+            tasks[-1] = (SKIPPED + tasks[-1][0], *tasks[-1][1:])
 
     for line in output.splitlines():
+        started = _PLAY.match(line)
+        if started:
+            play = started.group(1)
+            continue
         status = re.match(r"^(ok|changed|skipping|fatal|failed|included): ", line)
         if status:
             statuses.add(status.group(1))
@@ -181,7 +190,7 @@ def task_timeline(output: str) -> tuple[list[tuple[str, float]], float]:
         if stamp and name is not None:
             at = int(stamp.group(1)) * 3600 + int(stamp.group(2)) * 60 + float(stamp.group(3))
             if name:
-                tasks.append((name, at))
+                tasks.append((name, at, play))
             else:
                 end = at
             name = None
@@ -305,27 +314,46 @@ def great_escape_teardown(run: GreatEscapeRun) -> None:
 
 
 def great_escape_copy(run: GreatEscapeRun) -> tuple[c.Phases, dict[str, float], list[tuple[str, float, float]]]:
-    """ansible-playbook 04_dump.yml, 05_transfer.yml, 06_restore.yml (DESIGN.md phases 5-7) through the
-    inventory great_escape_setup wrote; the restore runs as the target's non-superuser master.
+    """One `ansible-playbook 04_dump.yml 05_transfer.yml 06_restore.yml` (DESIGN.md phases 5-7), one process as
+    migrate.yml runs them, through the inventory great_escape_setup wrote; the restore runs as the target's
+    non-superuser master.
 
-    Returns the wall time per playbook (Ansible's start-up included: the user pays it), the seconds
-    per section inside each playbook, read from the profile_tasks callback, and each section's span
-    (start and end in s after the first playbook started)."""
+    Returns the wall time per phase (a phase runs from its first play's first task to the next phase's;
+    Ansible's start-up counts to the dump, its stop to the restore: the user pays them), the seconds per
+    section inside each phase, read from the profile_tasks callback, and each section's span (start and end
+    in s after ansible-playbook started)."""
     phases = c.Phases()
-    sections: dict[str, float] = {}
+    log = run.work.parent / "logs" / f"{run.work.name}-copy.log"
+    started = time.monotonic()
+    proc = c.run_playbook([playbook for _, playbook in PLAYBOOKS], run.inventory, extra=run.extra,
+                          timeout=run.timeout, log=log, env=run.env)
+    wall = time.monotonic() - started
+    tasks, end = task_timeline(proc.stdout)
+    # profile_tasks counts from the first play's start: what ansible-playbook spent before it (loading the
+    # playbooks, the inventory) and after the recap is its start and stop.
+    offset = wall - end
+    starts = [(phase, at) for phase, _ in PLAYBOOKS
+              for at in [next((at for _, at, play in tasks if play_phase(play) == phase), None)] if at is not None]
+    sections: dict[str, float] = {"ansible start/stop": offset}
     spans: list[tuple[str, float, float]] = []
-    inventory, env, extra, work, timeout = run.inventory, run.env, run.extra, run.work, run.timeout
-    for phase, playbook in PLAYBOOKS:
-        log = work.parent / "logs" / f"{work.name}-{phase}.log"
-        begun = time.monotonic() - phases.origin
-        with phases.phase(phase):
-            proc = c.run_playbook(playbook, inventory, extra=extra, timeout=timeout, log=log, env=env)
-        tasks, end = task_timeline(proc.stdout)
-        for label, secs in split_sections(phase, tasks, end).items():
+    for i, (phase, begin) in enumerate(starts):
+        until = starts[i + 1][1] if i + 1 < len(starts) else end
+        mine = [(name, at) for name, at, play in tasks if play_phase(play) == phase]
+        phases.seconds[phase] = until - begin + (offset if i == 0 else 0.0)
+        phases.spans.append((phase, 0.0 if i == 0 else offset + begin, offset + until))
+        for label, secs in split_sections(phase, mine, until).items():
             sections[f"{phase} {label}"] = secs
-        spans += [(f"{phase} {label}", begun + a, begun + b) for label, a, b in section_spans(phase, tasks, end)]
-        sections[f"{phase} ansible start/stop"] = phases.seconds[phase] - end
+        spans += [(f"{phase} {label}", offset + a, offset + b) for label, a, b in section_spans(phase, mine, until)]
     return phases, sections, spans
+
+
+@functools.cache
+def play_phase(play: str) -> str | None:
+    """The phase (a PLAYBOOKS name) whose playbook holds the play of this name."""
+    for phase, playbook in PLAYBOOKS:
+        if play in {p.get("name") for p in yaml.safe_load((c.ROOT / playbook).read_text())}:
+            return phase
+    return None
 
 
 def section_spans(phase: str, tasks: list[tuple[str, float]], end: float) -> list[tuple[str, float, float]]:
@@ -758,7 +786,8 @@ def _report(runs: dict[str, list[Run]], ge_variants: dict[str, dict[str, Any]], 
         f"Baselines: plain = `pg_dump -Fd -j {JOBS} -Z 3`, `rsync -a`, `pg_restore -j {JOBS}` as the target's "
         f"superuser; pgcopydb = `pgcopydb clone --table-jobs {JOBS} --index-jobs {JOBS}` as the superuser. The "
         "issue fixes their parallelism at 2.",
-        "great-escape: `ansible-playbook playbooks/04_dump.yml`, `05_transfer.yml`, `06_restore.yml` with an "
+        "great-escape: one `ansible-playbook playbooks/04_dump.yml playbooks/05_transfer.yml playbooks/06_restore.yml` "
+        "(one process, as migrate.yml runs them; recorded before 2026-12-03 17:00 UTC: three processes) with an "
         "inventory generated for these clusters (bench.common.write_inventory), every role default as shipped "
         "unless a variant name says otherwise; the restore runs as the target's non-superuser master user and "
         "includes the int -> bigint migration of the pgbench keys and the grants. Its times include Ansible's "
@@ -820,7 +849,8 @@ def _report(runs: dict[str, list[Run]], ge_variants: dict[str, dict[str, Any]], 
                   "ansible-playbook process's wall time):", "", section_table({n: [r.sections for r in runs[n]]
                                                                                for n in ge_variants})]
     lines += ["", "When each step ran, in each variant's median run, in s after the run started (phases: the "
-              "bench's own timing of each command or playbook; read/load/build: the union of the source's COPY TO, "
+              "bench's own timing of each command, for great-escape from each phase's first task (profile_tasks); "
+              "read/load/build: the union of the source's COPY TO, "
               "the target's COPY FROM and its index and constraint builds, from the statement logs, first start-"
               "last end (busy = seconds with at least one running); 'read+load overlap' = seconds during which "
               "the source was reading and the target loading at the same time, i.e. how far the copy pipelines):",
