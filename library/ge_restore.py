@@ -19,8 +19,8 @@ description:
     restore run in O(progress_state_dir).
   - V(truncate) empties every application table of the target in one statement, before a data re-load.
   - V(grant) gives O(user) what the sync applies with, USAGE on the schemas and DML and TRUNCATE on their
-    tables and sequences, then records the restore as done in O(progress_state_dir) (if given); C(changed) says
-    whether any of these privileges was new.
+    tables and sequences; C(changed) says whether any of these privileges was new. The restore role runs it with
+    the schema, before the data: the privileges do not depend on the rows.
   - V(copy_setup) prepares the chunked copy in one run, with the grants of V(grant) to O(copy_target)'s user (the copy
     loads as that user), the directory O(copy_dir) (0750), the libpq password file of O(source) and
     O(copy_target) there (0600), the engine configuration C(great-escape.yml) (O(config) with both endpoints,
@@ -84,7 +84,7 @@ options:
   progress_state_dir:
     description:
       - The phase's progress records (C(great-escape progress show)). V(prepare) records the start of this restore
-        run there, V(grant) its end (the grants are the restore's last step).
+        run there (the restore role's post-data step records its end).
     type: path
   pg_restore:
     description: V(prepare) the pg_restore program that lists the sections' TOC.
@@ -182,10 +182,6 @@ new_privileges:
   description: V(grant) how many schema, table and sequence privileges O(user) did not hold before.
   returned: when grant or copy_setup ran
   type: int
-progress:
-  description: V(grant) the progress line recorded, when O(progress_state_dir) is given (and not in check mode).
-  returned: when grant ran
-  type: str
 files_changed:
   description: V(copy_setup) the configuration files written with a new content (or, in check mode, that would be).
   returned: when copy_setup ran
@@ -276,7 +272,8 @@ def main() -> None:
                         result.update(restore.prepare_copy(conn, request, check))
                         result["changed"] |= result["new_privileges"] > 0 or bool(result["files_changed"])
                     else:
-                        result.update(restore.finish_restore(conn, schemas, p["user"], p["progress_state_dir"], check))
+                        names, new = restore.grant_user(conn, schemas, p["user"], check)
+                        result.update(schemas=names, new_privileges=new)
                         result["changed"] |= result["new_privileges"] > 0
     module.exit_json(**result)
 

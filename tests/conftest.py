@@ -144,7 +144,7 @@ class DbPair:
     def grant_repl(self) -> None:
         """What the migration grants the replication user, through the product's own steps: the prepare-target
         phase's (roles/prepare_target: state.prepare_target, CONNECT, TEMPORARY and the state schema, no
-        CREATE on the database) and the restore's on the application's tables (roles/restore grants.yml:
+        CREATE on the database) and the restore's on the application's tables (roles/restore prepare.yml, step grant:
         restore.grant_user). The tests grant the replication user nothing by hand."""
         with psycopg.connect(**self.target) as conn:
             state.prepare_target(conn, REPL_USER)

@@ -234,19 +234,6 @@ def grant_user(conn: psycopg.Connection[Any], schemas: list[str] | None, user: s
     return names, new
 
 
-def finish_restore(conn: psycopg.Connection[Any], schemas: list[str] | None, user: str,
-                   progress_state_dir: str | None, check: bool = False) -> dict[str, Any]:
-    """The restore's last step: `grant_user`, then the record that the restore is done in
-    `progress_state_dir` (if given; the start was recorded by `prepare_restore`)."""
-    names, new = grant_user(conn, schemas, user, check)
-    result: dict[str, Any] = {"schemas": names, "new_privileges": new}
-    if progress_state_dir and not check:
-        done = progress.record(Path(progress_state_dir), "restore", 1, 1, "items", state="done",
-                               detail=f"restored; {user} granted on {', '.join(names)}")
-        result["progress"] = progress.format_line(done)
-    return result
-
-
 def _holds(path: Path, text: str) -> bool:
     return path.exists() and path.read_text() == text
 

@@ -198,7 +198,7 @@ def test_the_sync_sees_and_writes_every_row_of_tables_with_row_level_security(db
     names = create_schema(dbpair)
     restore_schema(dbpair, tmp_path)
     carry_over(dbpair, options(names))
-    dbpair.grant_repl()  # what the restore grants the replication user (roles/restore grants.yml)
+    dbpair.grant_repl()  # what the restore grants the replication user (roles/restore prepare.yml, step grant)
     cfg = make_config(dbpair, tmp_path)
     install_capture(cfg)
     dbpair.sql_source("INSERT INTO extra.notes (who, body) SELECT 'user' || g % 3, 'n' || g "

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.integration.syncutil import assert_identical
 
@@ -20,7 +22,7 @@ INSERT INTO events SELECT g, 1 + g % 2000, repeat('payload ', 20) || g FROM gene
 """
 
 
-def test_the_phases_read_the_rows_on_the_source_host_compressed(dbpair, run_playbook, source_ssh):
+def test_the_phases_read_the_rows_on_the_source_host_compressed(dbpair, run_playbook, inventory, source_ssh):
     dbpair.sql_source(SCHEMA)
     at = source_ssh.index("-p")
     extra = {
@@ -40,3 +42,6 @@ def test_the_phases_read_the_rows_on_the_source_host_compressed(dbpair, run_play
     # zstd from the source host: far fewer bytes crossed than were loaded.
     assert 0 < summary["source_bytes"] < summary["bytes"] / 3, summary
     assert dbpair.sql_target("SELECT count(*) FROM pg_constraint WHERE contype = 'f'")[0][0] == 1
+    # The copy's and pg_restore's password files went with the steps that read them.
+    work = Path(yaml.safe_load((inventory / "group_vars/all/main.yml").read_text())["ge_local_root"])
+    assert list((work / "replication" / "restore").rglob("*pgpass*")) == []

@@ -57,6 +57,18 @@ def _column_types(dbpair) -> dict[str, str]:
     return dict(rows)
 
 
+def _password_files(work: Path) -> list[str]:
+    """pg_restore's and the copy's password files left in the restore's work directory: none, after any run."""
+    return [str(p) for p in (work / "replication" / "restore").rglob("*pgpass*")]
+
+
+def _progress(work: Path) -> dict[str, str]:
+    """`great-escape progress show`: its line per phase."""
+    shown = subprocess.run([sys.executable, "-m", "great_escape.cli", "progress", "show", "--state-dir",
+                            str(work / "state")], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0]: line for line in shown.splitlines()}
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -120,8 +132,12 @@ def test_dump_transfer_restore_and_resume(dbpair, run_playbook, inventory, tmp_p
                           extra=dict(FAST, restore_pg_restore=str(_failing_pg_restore(tmp_path))))
     assert failed.returncode != 0 and "pg_restore of data" in failed.stdout
     assert _counts(dbpair.sql_target) == COUNTS  # loaded, but not marked done
+    assert _password_files(work) == []
     run_playbook("playbooks/06_restore.yml", extra=FAST)
     assert _counts(dbpair.sql_target) == COUNTS
+    assert _password_files(work) == []  # the post-data step removed it
+    restored = _progress(work)["restore"]
+    assert restored.split()[1] == "done" and "restored into" in restored, restored
 
     types = _column_types(dbpair)
     for column in ("customers.id", "orders.id", "orders.customer_id", "Order Lines.order_id", "Order Lines.line"):
@@ -149,10 +165,12 @@ def test_dump_transfer_restore_and_resume(dbpair, run_playbook, inventory, tmp_p
     (work / "replication" / "restore" / "post-data.done").unlink()
     run_playbook("playbooks/06_restore.yml", extra=FAST)
     assert _counts(dbpair.sql_target) == COUNTS
+    assert _password_files(work) == []  # that step ended with exit 1: the role's end removed it
 
     # A completed restore is skipped.
     done = run_playbook("playbooks/06_restore.yml", extra=FAST)
     assert "finished in an earlier run" in done.stdout
+    assert _password_files(work) == []
 
     # Without our markers, a target holding application rows is refused and left alone.
     shutil.rmtree(work / "replication" / "restore")
@@ -161,7 +179,5 @@ def test_dump_transfer_restore_and_resume(dbpair, run_playbook, inventory, tmp_p
     assert _counts(dbpair.sql_target) == COUNTS
 
     # Every phase's progress is on record.
-    shown = subprocess.run([sys.executable, "-m", "great_escape.cli", "progress", "show", "--state-dir",
-                            str(work / "state")], capture_output=True, text=True, check=True).stdout
-    phases = {line.split()[0]: line.split()[1] for line in shown.splitlines()}
+    phases = {phase: line.split()[1] for phase, line in _progress(work).items()}
     assert phases["dump"] == "done" and phases["transfer"] == "done"
