@@ -208,10 +208,14 @@ def run(cfg: configmod.Config, opts: Options) -> Summary:
     state_dir = opts.state_dir or cfg.state_dir
     summary = Summary()
     purpose = f"copy {cfg.name}"
-    source = db.connect(cfg.source, purpose)
-    target = db.connect(cfg.target, purpose, autocommit=True)  # each change an explicit transaction
+    pool = _Workers(cfg, opts)  # first: they come up while this process connects and plans
+    try:
+        source = db.connect(cfg.source, purpose)
+        target = db.connect(cfg.target, purpose, autocommit=True)  # each change an explicit transaction
+    except BaseException:
+        pool.stop()
+        raise
     builder: copybuild.Builder | None = None
-    pool: _Workers | None = None
     try:
         tables, tgt = _tables(source, target, cfg, opts.require_capture)
         copyplan.ensure_state(target)
@@ -228,9 +232,9 @@ def run(cfg: configmod.Config, opts: Options) -> Summary:
             log.info("copy %s: finished before (snapshot %s); nothing to do. To copy again, empty the target's "
                      "tables and delete the rows of %s in %s.copy_done and %s.copy_chunks", cfg.name, previous,
                      cfg.name, copyplan.SCHEMA, copyplan.SCHEMA)
+            pool.stop()
             summary.sequences_moved = _copy_sequences(cfg)  # never backwards: harmless if the sync runs
             return summary
-        pool = _Workers(cfg, opts)
         with target.transaction():
             planned = copyplan.load_plan(target, cfg.name)
             known = {c.table for c in planned}
@@ -300,8 +304,7 @@ def run(cfg: configmod.Config, opts: Options) -> Summary:
         tracker.write("done")
         return summary
     except BaseException:
-        if pool:
-            pool.stop()
+        pool.stop()
         if builder:
             builder.stop()
         try:
@@ -338,8 +341,8 @@ def _lock(target: psycopg.Connection[Any], name: str, wait: float = 10.0) -> boo
 
 
 class _Workers:
-    """The copy's worker processes, one pipe each. Started before the plan is made: a fresh interpreter, its
-    imports and connections take about a second, spent while the coordinator plans and exports the snapshot;
+    """The copy's worker processes, one pipe each. Started first: a fresh interpreter, its imports and connections
+    take about half a second, spent while the coordinator connects, plans and exports the snapshot;
     `begin` then tells them the snapshot (a worker started later, to replace one that died, is told at once)."""
 
     def __init__(self, cfg: configmod.Config, opts: Options) -> None:
