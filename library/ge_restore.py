@@ -20,7 +20,7 @@ description:
   - V(truncate) empties every application table of the target in one statement, before a data re-load.
   - V(grant) gives O(user) what the sync applies with, USAGE on the schemas and DML and TRUNCATE on their
     tables and sequences; C(changed) says whether any of these privileges was new. The restore role runs it with
-    the schema, before the data: the privileges do not depend on the rows.
+    the schema, before the data (the privileges do not depend on the rows).
   - V(copy_setup) prepares the chunked copy in one run, with the grants of V(grant) to O(copy_target)'s user (the copy
     loads as that user), the directory O(copy_dir) (0750), the libpq password file of O(source) and
     O(copy_target) there (0600), the engine configuration C(great-escape.yml) (O(config) with both endpoints,
