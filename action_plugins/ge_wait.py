@@ -310,7 +310,8 @@ def poll_script(results_file: str, interval: float, jid: str, group: int | None,
 
 def parse_poll(stdout: str) -> Poll:
     """The poll script's output -> Poll; ValueError when it is not the script's output."""
-    head, sep, rest = stdout.partition(_MARK + " state=")
+    # Through ssh with a terminal (become's -tt) every line ends in \r\n; the job's JSON has no raw line break.
+    head, sep, rest = stdout.replace("\r\n", "\n").partition(_MARK + " state=")
     if not sep:
         raise ValueError(f"unexpected output of the poll: {stdout.strip()[-500:]!r}")
     status_line, _, rest = rest.partition("\n")

@@ -148,6 +148,18 @@ def test_the_poll_that_sees_the_job_ended_brings_its_result(tmp_path, group):
     assert status["stdout_lines"] == ['{"started": 1}'] and "stderr_lines" not in status
 
 
+def test_a_poll_through_a_terminal_reads_the_same(tmp_path, group):
+    # ssh -tt (become over ssh) ends every line in \r\n: found by molecule's hosts, not by the local connection.
+    results = tmp_path / "j1.2"
+    results.write_text(RESULT)
+    out = subprocess.run(["/bin/sh", "-c", ge_wait.poll_script(str(results), 0.05, "j1.2", group.pid, ["echo", "7"],
+                                                                after_end=True)],
+                         capture_output=True, text=True, check=True).stdout
+    seen = ge_wait.parse_poll(out.replace("\n", "\r\n"))
+    assert ge_wait.job_status(seen.result, "j1.2")["rc"] == 0
+    assert ge_wait.parse_measure(seen.measure_out, seen.measure_rc, None, None).done == 7
+
+
 def test_a_result_that_is_not_json_fails_the_job_with_its_text():
     status = ge_wait.job_status("Traceback (most recent call last):\n", "j1.2")
     assert status["failed"] is True and status["finished"] is True and "Traceback" in status["msg"]
