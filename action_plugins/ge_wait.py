@@ -318,9 +318,9 @@ def parse_poll(stdout: str) -> Poll:
     state, _, alive = status_line.partition(" alive=")
     if state not in ("running", "ended", "missing"):
         raise ValueError(f"unexpected job state in the poll's output: {status_line!r}")
-    result = None
-    if rest.startswith(_MARK + " result\n"):
-        result, sep, rest = rest[len(_MARK) + 8:].partition(f"\n{_MARK} result-end\n")
+    result, opening = None, f"{_MARK} result\n"
+    if rest.startswith(opening):
+        result, sep, rest = rest[len(opening):].partition(f"\n{_MARK} result-end\n")
         if not sep:
             raise ValueError(f"the job's result was cut short in the poll's output: {result[-500:]!r}")
     measure_out, sep, rc_line = rest.rpartition(_MARK + " measure_rc=")

@@ -232,7 +232,6 @@ def run(cfg: configmod.Config, opts: Options) -> Summary:
             log.info("copy %s: finished before (snapshot %s); nothing to do. To copy again, empty the target's "
                      "tables and delete the rows of %s in %s.copy_done and %s.copy_chunks", cfg.name, previous,
                      cfg.name, copyplan.SCHEMA, copyplan.SCHEMA)
-            pool.stop()
             summary.sequences_moved = _copy_sequences(cfg)  # never backwards: harmless if the sync runs
             return summary
         with target.transaction():
@@ -280,7 +279,7 @@ def run(cfg: configmod.Config, opts: Options) -> Summary:
             _run_workers(cfg, opts, pool, todo, tracker, summary, left, builder)
             if builder:
                 builder.all_loaded()
-        pool.stop()
+        pool.stop()  # now: their connections are not needed while the builds finish
         stale = sorted({table for (table, _), snap in done.items() if snap != snapshot and table in in_scope})
         if stale and replica:  # the target's triggers must not fire (DESIGN.md invariant 6)
             db.set_replica_role(target, cfg.target_replica_role_function)
@@ -304,7 +303,6 @@ def run(cfg: configmod.Config, opts: Options) -> Summary:
         tracker.write("done")
         return summary
     except BaseException:
-        pool.stop()
         if builder:
             builder.stop()
         try:
@@ -313,6 +311,7 @@ def run(cfg: configmod.Config, opts: Options) -> Summary:
             pass
         raise
     finally:
+        pool.stop()
         source.close()
         target.close()
 
