@@ -307,12 +307,21 @@ def test_resume_keeps_key_chunks_and_makes_their_rows_those_of_the_new_snapshot(
 
 
 def _children(pid):
+    """The copy's worker processes: forked (the coordinator's command line) or, replacements, spawned."""
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        ours = Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:
         return []
-    return [int(c) for c in text.split()
-            if "spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes().decode(errors="replace")]
+    workers = []
+    for child in text.split():
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except FileNotFoundError:  # ended since
+            continue
+        if cmdline == ours or b"spawn_main" in cmdline:
+            workers.append(int(child))
+    return workers
 
 
 def test_kill_9_at_random_moments_resumes_exactly_once(dbpair, tmp_path):

@@ -30,6 +30,16 @@ def pair_name(pair: DbPair) -> str:
     return str(pair.source["dbname"])
 
 
+def crashing_pg_restore(directory: Path, step_list: str) -> Path:
+    """pg_restore (for the role's restore_pg_restore) that runs for real, then, after restoring with the TOC list
+    `step_list` (e.g. data.list), reports failure: a step that died late, its work done but not marked."""
+    script = directory / f"pg_restore_crashes_after_{step_list}"
+    script.write_text('#!/bin/bash\npg_restore "$@" || exit\n'
+                      f'case " $* " in *" --use-list="*/{step_list}" "*) echo "simulated crash" >&2; exit 1;; esac\n')
+    script.chmod(0o755)
+    return script
+
+
 PlaybookRunner = Callable[..., subprocess.CompletedProcess[str]]
 
 

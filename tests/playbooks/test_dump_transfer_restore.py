@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPL_USER
+from tests.playbooks.conftest import crashing_pg_restore
 
 pytestmark = pytest.mark.slow
 
@@ -73,17 +74,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _failing_pg_restore(directory: Path) -> Path:
-    """pg_restore that loads the data section, then reports failure: a data step that died late."""
-    script = directory / "pg_restore_fails_after_data"
-    script.write_text('#!/bin/bash\npg_restore "$@"; rc=$?\n'
-                      'case " $* " in *" --list "*) exit $rc;; esac\n'
-                      'case "${!#}" in */data) [ $rc -eq 0 ] && { echo "simulated crash" >&2; exit 1; };; esac\n'
-                      'exit $rc\n')
-    script.chmod(0o755)
-    return script
-
-
 def test_dump_transfer_restore_and_resume(dbpair, run_playbook, inventory, tmp_path):
     dbpair.sql_source(SOURCE_SCHEMA)
     work = _work(inventory)
@@ -129,7 +119,7 @@ def test_dump_transfer_restore_and_resume(dbpair, run_playbook, inventory, tmp_p
     # Restore, with a data step that fails once after loading everything: the re-run must
     # truncate and reload, never duplicate.
     failed = run_playbook("playbooks/06_restore.yml", check=False,
-                          extra=dict(FAST, restore_pg_restore=str(_failing_pg_restore(tmp_path))))
+                          extra=dict(FAST, restore_pg_restore=str(crashing_pg_restore(tmp_path, "data.list"))))
     assert failed.returncode != 0 and "pg_restore of data" in failed.stdout
     assert _counts(dbpair.sql_target) == COUNTS  # loaded, but not marked done
     assert _password_files(work) == []
