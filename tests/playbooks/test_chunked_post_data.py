@@ -25,14 +25,13 @@ INSERT INTO events SELECT g, 1 + g % 200, 'payload ' || g FROM generate_series(1
 
 def test_post_data_fails_in_the_copy_job_and_the_rerun_goes_on_from_it(dbpair, run_playbook, inventory, tmp_path):
     dbpair.sql_source(SCHEMA)
-    extra = {"restore_poll_interval": 1}
     for phase in ("00_preflight", "02_prepare_target", "03_capture", "04_dump"):
-        run_playbook(f"playbooks/{phase}.yml", extra=extra)
+        run_playbook(f"playbooks/{phase}.yml")
     work = Path(yaml.safe_load((inventory / "group_vars/all/main.yml").read_text())["ge_local_root"])
     restore = work / "replication" / "restore"
 
     crashing = crashing_pg_restore(tmp_path, "post-data-rest.list")  # the copy's index builds use their own lists
-    failed = run_playbook("playbooks/06_restore.yml", check=False, extra=dict(extra, restore_pg_restore=str(crashing)))
+    failed = run_playbook("playbooks/06_restore.yml", check=False, extra={"restore_pg_restore": str(crashing)})
     assert failed.returncode != 0
     assert "TASK [restore : Start the chunked copy and post-data]" in failed.stdout
     assert "Start pg_restore of the section post-data" not in failed.stdout  # no job of its own
@@ -42,7 +41,7 @@ def test_post_data_fails_in_the_copy_job_and_the_rerun_goes_on_from_it(dbpair, r
     assert not (restore / "post-data.done").exists()
     assert list(restore.rglob("*pgpass*")) == []
 
-    resumed = run_playbook("playbooks/06_restore.yml", extra=extra)
+    resumed = run_playbook("playbooks/06_restore.yml")
     assert re.search(r"TASK \[restore : Start the chunked copy\] .*\n.*\nskipping", resumed.stdout)  # copied before
     assert "TASK [restore : Start pg_restore of the section post-data]" in resumed.stdout
     assert (restore / "post-data.done").exists()
