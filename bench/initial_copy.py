@@ -140,7 +140,9 @@ SECTIONS = {
                 # ge_copy_method chunked (the engine's copy instead of pg_restore's data section)
                 (r"Grant the replication user DML (?:on the restored tables before the copy|and write the copy's)",
                  "copy setup"),
-                # from 2026-12-03 (session 17) the copy's job runs post-data too: "chunked copy and post-data"
+                # from 2026-12-03 (session 17) the copy's job runs post-data too: "chunked copy and post-data"; from
+                # session 18 the owners and privileges as well
+                (r"Start the chunked copy, post-data and the owners", "chunked copy, post-data, owners"),
                 (r"Start the chunked copy and post-data", "chunked copy and post-data"),
                 (r"Start the chunked copy", "chunked copy"), (r"Ensure the sequences' values are copied", "sequences"),
                 (r"Run pg_restore for indexes|Ensure the post-data step is marked started", "post-data"),

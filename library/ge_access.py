@@ -176,34 +176,13 @@ def main() -> None:
         sync_password=dict(type="str", no_log=True),
         state=dict(type="str", choices=["present", "absent"], default="present"),
     ))
-    from great_escape import access, db, state
+    from great_escape import access
 
-    p = module.params
     source, target = endpoints(module, "source", "target")
-    result: dict = dict(changed=False, queries=[], plan=[])
-    with engine_errors(module, result):
-        stops = {}
-        if p["migration_name"]:
-            sync = {**target, "user": p["sync_user"], "password": p["sync_password"]}
-            with db.connect(sync, "access state") as conn:
-                stops = state.read_cutover(conn, p["migration_name"])["write_stops"]
-        opts = access.Options(
-            role_map={str(k): str(v) for k, v in p["role_map"].items()},
-            application_roles=tuple(p["application_roles"]), project_roles=(target["user"], p["sync_user"]),
-            source_project_roles=tuple(r for r in [p["source_sync_user"]] if r),
-            sync_user=p["sync_user"], schemas=tuple(p["schemas"]), exclude_tables=tuple(p["exclude_tables"]),
-            objects=p["objects"], write_stops=stops)
-        with db.connect(source, "access") as src, db.connect(target, "access") as tgt:
-            plan = access.plan(src, tgt, opts) if p["state"] == "present" else access.plan_removal(tgt, p["schemas"])
-            plan.raise_if_problems()
-            warnings = plan.warnings if module.check_mode else access.apply(tgt, plan)
-            result.update(queries=plan.queries(tgt))
-    lines = plan.describe()
-    module.exit_json(
-        changed=plan.changed, plan=lines, queries=result["queries"],
-        differences=[str(d) for d in plan.differences], roles_created=plan.roles_created,
-        roles_existing=plan.roles_existing, passwords_needed=plan.passwords_needed, warnings_found=warnings,
-        diff=dict(before="", after="".join(line + "\n" for line in lines)))
+    with engine_errors(module, dict(changed=False, queries=[], plan=[])):
+        result = access.carry_over(source, target, module.params, module.check_mode)
+    result["diff"] = dict(before="", after="".join(line + "\n" for line in result["plan"]))
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

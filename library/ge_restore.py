@@ -23,7 +23,7 @@ description:
     the schema, before the data (the privileges do not depend on the rows).
   - V(copy_setup) prepares the chunked copy in one run, with the grants of V(grant) to O(copy_target)'s user (the copy
     loads as that user), the directory O(copy_dir) (0750), the libpq password file of O(source) and
-    O(copy_target) there (0600), the engine configuration C(great-escape.yml) (O(config) with both endpoints,
+    O(copy_target) (and O(target) with O(access)) there (0600), the engine configuration C(great-escape.yml) (O(config) with both endpoints,
     their passwords replaced by that file) and C(index-builds.json) (O(index_builds)); C(changed) says whether a
     privilege was new or either of the two files changed (the password file is a credential of this run, removed
     by the role at its end).
@@ -64,6 +64,14 @@ options:
     type: dict
   index_builds:
     description: V(copy_setup) the copy's index builds specification (copybuild.py), written as JSON.
+    type: dict
+  access:
+    description:
+      - V(copy_setup) the options of M(ge_access) but its endpoints and passwords (C(sync_user), C(role_map),
+        C(application_roles), C(source_sync_user), C(schemas), C(exclude_tables), C(migration_name)), written to
+        C(access.json) in O(copy_dir) for C(great-escape access), which the copy's job runs after post-data, from
+        O(source) to O(target), their passwords (and the sync user's, O(copy_target)) in the copy's password file.
+      - Omitted, the copy's job leaves owners and privileges to M(ge_access).
     type: dict
   schemas:
     description: Application schemas in scope. Empty means every schema but the system's and the project's.
@@ -226,6 +234,7 @@ def main() -> None:
         copy_dir=dict(type="path"),
         config=dict(type="dict"),
         index_builds=dict(type="dict"),
+        access=dict(type="dict"),
     )
     spec.pop("exclude_tables")
     spec["source"] = dict(spec["target"], required=False)
@@ -268,7 +277,7 @@ def main() -> None:
                     elif step == "copy_setup":
                         request = dict(copy_dir=p["copy_dir"], schemas=schemas, source=endpoint(p["source"]),
                                        copy_target=endpoint(p["copy_target"]), config=p["config"],
-                                       index_builds=p["index_builds"])
+                                       index_builds=p["index_builds"], admin=target, access=p["access"])
                         result.update(restore.prepare_copy(conn, request, check))
                         result["changed"] |= result["new_privileges"] > 0 or bool(result["files_changed"])
                     else:

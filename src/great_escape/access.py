@@ -831,6 +831,63 @@ def apply(target: psycopg.Connection[Any], p: Plan) -> list[str]:
     return warnings
 
 
+def carry_over(source: Mapping[str, Any], target: Mapping[str, Any], req: Mapping[str, Any],
+               check: bool = False) -> dict[str, Any]:
+    """One run of the ge_access module, or of `great-escape access` in the restore's job: plan from the
+    `source` (its admin) to the `target` (the master), then apply unless `check`. `req` holds the module's
+    options (sync_user, role_map, application_roles, source_sync_user, schemas, exclude_tables, objects,
+    state, migration_name and the sync user's password, or a `passfile` in `target` that has it).
+    Returns the module's result; statements that set a password are withheld from `queries`."""
+    from . import db, state  # state -> capture -> access: imported on use
+
+    stops: Mapping[str, list[dict[str, Any]]] = {}
+    if req.get("migration_name"):
+        sync = {**target, "user": req["sync_user"], "password": req.get("sync_password")}
+        with db.connect(sync, "access state") as conn:
+            stops = state.read_cutover(conn, req["migration_name"])["write_stops"]
+    opts = Options(
+        role_map={str(k): str(v) for k, v in (req.get("role_map") or {}).items()},
+        application_roles=tuple(req.get("application_roles") or ()),
+        project_roles=(target["user"], req["sync_user"]),
+        source_project_roles=tuple(r for r in [req.get("source_sync_user")] if r), sync_user=req["sync_user"],
+        schemas=tuple(req.get("schemas") or ()), exclude_tables=tuple(req.get("exclude_tables") or ()),
+        objects=req.get("objects", True), write_stops=stops)
+    with db.connect(source, "access") as src, db.connect(target, "access") as tgt:
+        if req.get("state", "present") == "present":
+            p = plan(src, tgt, opts)
+        else:
+            p = plan_removal(tgt, opts.schemas)
+        p.raise_if_problems()
+        warnings = p.warnings if check else apply(tgt, p)
+        queries = p.queries(tgt)
+    return {"changed": p.changed, "plan": p.describe(), "queries": queries,
+            "differences": [str(d) for d in p.differences], "roles_created": p.roles_created,
+            "roles_existing": p.roles_existing, "passwords_needed": p.passwords_needed, "warnings_found": warnings}
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser("access", help="give the target the source's roles, owners and privileges (what the "
+                            "ge_access module does; the restore's job runs it after post-data)")
+    parser.add_argument("--request", required=True, metavar="FILE",
+                        help="JSON: source and target (libpq parameters, passwords in their passfile) and the "
+                             "ge_access options, as the restore's copy_setup step writes it")
+    parser.set_defaults(func=_cli_access)
+
+
+def _cli_access(args: Any) -> int:
+    """Prints the result (without the statements) as one JSON line: the restore role shows it."""
+    import json
+
+    try:
+        with open(args.request, encoding="utf-8") as f:
+            req = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise AccessError("the access request cannot be read", [f"{args.request}: {exc}"]) from exc
+    result = carry_over(req["source"], req["target"], req)
+    print(json.dumps({k: v for k, v in result.items() if k != "queries"}), flush=True)
+    return 0
+
+
 # ---------------------------------------------------------------- the cutover's proof
 
 

@@ -14,7 +14,8 @@ from .errors import GreatEscapeError
 # Each subcommand and the engine module that registers it, in the order `--help` lists them.
 SUBCOMMANDS = {"capture": "capture", "sync": "daemon", "supervise": "daemon", "status": "status",
                "sequences": "sequences", "verify": "verify", "progress": "progress", "cutover": "cutover",
-               "rollback": "cutover", "cutover-status": "cutover", "copy": "copy"}
+               "rollback": "cutover", "cutover-status": "cutover", "copy": "copy",
+               "access": "access"}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -256,6 +256,10 @@ def prepare_copy(conn: psycopg.Connection[Any], req: dict[str, Any], check: bool
     password file of both sides (0600), the engine configuration (its endpoints without passwords, pointing
     at that file; the rest of `req["config"]` as given) and the index builds file (`req["index_builds"]`).
 
+    With `req["access"]` (the ge_access options) and `req["admin"]` (the target's master), also the request of
+    `great-escape access` (access.json), which the copy's job runs after post-data, and the master's password in
+    the same file.
+
     Returns the schemas granted, how many privileges were new and which files changed; with `check`, grants
     and writes nothing. The password file is a credential of this run (the role removes it at its end), so
     writing it is no change."""
@@ -270,11 +274,16 @@ def prepare_copy(conn: psycopg.Connection[Any], req: dict[str, Any], check: bool
     config = {**req["config"], "source": without_password(source), "target": without_password(target)}
     files = {copy_dir / "great-escape.yml": yaml.safe_dump(config, sort_keys=False),
              copy_dir / "index-builds.json": json.dumps(req["index_builds"], indent=1) + "\n"}
+    sides = [source, target]
+    if req.get("access"):  # the master, and the sync user where access reads the cutover state (the master's endpoint)
+        sides += [req["admin"], {**req["admin"], "user": target["user"], "password": target.get("password")}]
+        access = {**req["access"], "source": without_password(source), "target": without_password(req["admin"])}
+        files[copy_dir / "access.json"] = json.dumps(access, indent=1) + "\n"
     if check:
         changed = [str(f) for f, text in files.items() if not _holds(f, text)]
         return {"schemas": schemas, "new_privileges": new, "files_changed": changed}
     copy_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-    _write_private(passfile, db.pgpass_line(source) + db.pgpass_line(target), 0o600)
+    _write_private(passfile, "".join(db.pgpass_line(side) for side in sides), 0o600)
     changed = [str(f) for f, text in files.items() if _write_private(f, text, 0o640)]
     return {"schemas": schemas, "new_privileges": new, "files_changed": changed}
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from great_escape import config, db
+from great_escape.access import carry_over
 from tests.conftest import REPL_USER, DbPair
 from tests.integration.syncutil import PG_BIN
 from tests.modules.conftest import run_module
@@ -67,24 +68,30 @@ def test_copy_setup_grants_and_writes_the_copys_files_in_one_run(apppair: DbPair
             "copy_target": apppair.repl, "copy_dir": str(copy_dir),
             "config": {"name": "mod-copy", "schemas": ["app"], "exclude_tables": [], "state_dir": str(copy_dir),
                        "replica_role_function": {"schema": "public", "owner": apppair.target["user"]}},
-            "index_builds": builds}
+            "index_builds": builds, "access": {"sync_user": apppair.repl["user"], "schemas": ["app"],
+                                                    "role_map": {apppair.source["user"]: apppair.target["user"]}}}
     before = _privileges(apppair)
 
     check = run_module("ge_restore", args, check=True)
     assert not check.get("failed"), check.get("msg")
-    assert check["changed"] is True and check["new_privileges"] == 9 and len(check["files_changed"]) == 2
+    assert check["changed"] is True and check["new_privileges"] == 9 and len(check["files_changed"]) == 3
     assert not copy_dir.exists() and _privileges(apppair) == before
 
     real = run_module("ge_restore", args)
     assert not real.get("failed"), real.get("msg")
     assert real["changed"] is True and all(held for _, _, held in _privileges(apppair))
     modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in copy_dir.iterdir()}
-    assert modes == {"pgpass": 0o600, "great-escape.yml": 0o640, "index-builds.json": 0o640}
+    assert modes == {"pgpass": 0o600, "great-escape.yml": 0o640, "index-builds.json": 0o640, "access.json": 0o640}
     assert stat.S_IMODE(copy_dir.stat().st_mode) == 0o750
-    written = (copy_dir / "great-escape.yml").read_text() + (copy_dir / "index-builds.json").read_text()
-    for secret in {apppair.source["password"], apppair.repl["password"]}:
+    written = "".join((copy_dir / f).read_text() for f in ("great-escape.yml", "index-builds.json", "access.json"))
+    for secret in {apppair.source["password"], apppair.repl["password"], apppair.target["password"]}:
         assert secret not in written and secret in (copy_dir / "pgpass").read_text()
     assert json.loads((copy_dir / "index-builds.json").read_text()) == builds
+    # The copy's job gives the owners and privileges after post-data through the password file alone.
+    access = json.loads((copy_dir / "access.json").read_text())
+    assert access["target"]["user"] == apppair.target["user"] and "password" not in access["target"]
+    planned = carry_over(access["source"], access["target"], access, check=True)  # ConnectError without them
+    assert set(planned) >= {"plan", "differences", "passwords_needed"}
     # The engine reads the configuration as written and reaches both sides through the password file alone.
     cfg = config.load(copy_dir / "great-escape.yml")
     assert cfg.name == "mod-copy" and cfg.source["user"] == apppair.source["user"]
