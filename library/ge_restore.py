@@ -23,10 +23,10 @@ description:
     the schema, before the data (the privileges do not depend on the rows).
   - V(copy_setup) prepares the chunked copy in one run, with the grants of V(grant) to O(copy_target)'s user (the copy
     loads as that user), the directory O(copy_dir) (0750), the libpq password file of O(source) and
-    O(copy_target) (and O(target) with O(access)) there (0600), the engine configuration C(great-escape.yml) (O(config) with both endpoints,
-    their passwords replaced by that file) and C(index-builds.json) (O(index_builds)); C(changed) says whether a
-    privilege was new or either of the two files changed (the password file is a credential of this run, removed
-    by the role at its end).
+    O(copy_target) (and O(target) with O(access)) there (0600), the engine configuration C(great-escape.yml)
+    (O(config) with both endpoints, their passwords replaced by that file), C(index-builds.json) (O(index_builds))
+    and with O(access) C(access.json); C(changed) says whether a privilege was new or one of these files changed
+    (the password file is a credential of this run, removed by the role at its end).
   - V(pre_data) restores the schema (the dump's C(pre-data) section, through the filtered TOC list V(prepare)
     wrote) with C(pg_restore --single-transaction --exit-on-error) (all or nothing), then writes the marker
     C(pre-data.done) into O(work_dir).
