@@ -294,17 +294,24 @@ def poll_script(results_file: str, interval: float, jid: str, group: int | None,
                  f"elif ps -eo pgid= 2>/dev/null | tr -d ' ' | grep -qx {group}; then al=1\n"
                  "else al=0; fi")
     lines = [
-        "i=0",
+        "i=0; unset mrc",
         f"until {gone} || [ \"$i\" -ge {steps} ]; do sleep {step:.3f}; i=$((i + 1)); done",
         f"if [ ! -e {quoted} ]; then st=missing; elif {ended}; then st=ended; else st=running; fi",
+    ]
+    if measure:
+        # Measured before the state is told: a job that ends while the measure runs (its own last record written
+        # meanwhile) is reported ended, so the wait records no "running" sample after that record.
+        run = f'mo=$({" ".join(shlex.quote(a) for a in measure)}); mrc=$?'
+        lines.append(run if after_end else
+                     f'if [ "$st" != ended ]; then {run}; if [ "$st" = running ] && {ended}; then st=ended; fi; fi')
+    lines += [
         alive,
         f'echo "{_MARK} state=$st alive=$al"',
         # The job's result, read here instead of by a second module run (async_status, ~0.4 s a call).
         f'if [ "$st" = ended ]; then echo "{_MARK} result"; cat {quoted}; echo; echo "{_MARK} result-end"; fi',
     ]
     if measure:
-        run = f'{" ".join(shlex.quote(a) for a in measure)}; echo "{_MARK} measure_rc=$?"'
-        lines.append(run if after_end else f'if [ "$st" != ended ]; then {run}; fi')
+        lines.append(f'if [ -n "${{mrc+x}}" ]; then printf \'%s\\n\' "$mo"; echo "{_MARK} measure_rc=$mrc"; fi')
     return "\n".join(lines) + "\n"
 
 

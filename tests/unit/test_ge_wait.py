@@ -148,6 +148,22 @@ def test_the_poll_that_sees_the_job_ended_brings_its_result(tmp_path, group):
     assert status["stdout_lines"] == ['{"started": 1}'] and "stderr_lines" not in status
 
 
+def test_a_job_that_ends_while_it_is_measured_is_reported_ended(tmp_path, group):
+    """The job writes its own last progress record as it ends: a poll whose measure ran across that end must not
+    report it running (the wait would then record a "running" sample after the job's "done")."""
+    results = tmp_path / "j1.2"
+    results.write_text(RUNNING)
+    ends = f"sleep 0.3; printf '%s' {shlex.quote(RESULT)} > {shlex.quote(str(results))}; echo 7"
+    seen = poll(results, 0.05, group.pid, ["sh", "-c", ends])
+    assert (seen.state, seen.measure_rc) == ("ended", 0)
+    assert ge_wait.job_status(seen.result, "j1.2")["rc"] == 0
+    assert ge_wait.parse_measure(seen.measure_out, seen.measure_rc, None, None).done == 7
+
+    results.write_text(RUNNING)
+    seen = poll(results, 0.05, group.pid, ["echo", "8"])  # still running after the measure
+    assert (seen.state, seen.result, seen.measure_rc) == ("running", None, 0)
+
+
 def test_a_poll_through_a_terminal_reads_the_same(tmp_path, group):
     # ssh -tt (become over ssh) ends every line in \r\n: found by molecule's hosts, not by the local connection.
     results = tmp_path / "j1.2"
