@@ -587,6 +587,9 @@ def compare(src: Side, tgt: Side, opts: Options, target_db: str, hardwired: Mapp
     diffs: list[Difference] = []
     project = set(opts.project_roles)
     owner_changes: dict[tuple[str, str], str] = {}  # (schema, table) -> new owner: their sequences follow
+    # Who may create in each schema once the target matches the source (the owner's own right included).
+    creators = {key[1]: {g for g, p, _ in expected_grants(obj, opts) if p == "CREATE"}
+                for key, obj in src.objects.items() if key[0] == "schema"}
     # Schemas first: a new owner needs CREATE on the schema. Tables before their sequences and columns.
     order = ("database", "schema", "type", "table", "sequence", "column", "function")
     for key, sobj in sorted(src.objects.items(), key=lambda item: (order.index(item[0][0]), item[0])):
@@ -607,9 +610,11 @@ def compare(src: Side, tgt: Side, opts: Options, target_db: str, hardwired: Mapp
             follows = sobj.owned_by_table and owner_changes.get((sobj.schema, sobj.name)) == owner
             if owner and owner != tobj.owner and not follows:
                 diffs.append(Difference(sobj.label, owner, "OWNER", f"source only (target owner: {tobj.owner})"))
-                steps.append(Step(f"give {sobj.label} to {owner}", sql.SQL("ALTER {} {} OWNER TO {}").format(
-                    sql.SQL(_KINDS[sobj.kind]),
-                    _object_ident(sobj), sql.Identifier(owner))))
+                give = Step(f"give {sobj.label} to {owner}", sql.SQL("ALTER {} {} OWNER TO {}").format(
+                    sql.SQL(_KINDS[sobj.kind]), _object_ident(sobj), sql.Identifier(owner)))
+                may_create = creators.get(sobj.schema) if sobj.kind != "schema" else None
+                steps += _lending_create(sobj.schema, owner, give) if may_create is not None and not (
+                    {owner, "PUBLIC"} & may_create) else [give]
                 if sobj.kind == "table":
                     owner_changes[(sobj.schema, sobj.name)] = owner
                 current_owner = owner
@@ -624,6 +629,18 @@ def compare(src: Side, tgt: Side, opts: Options, target_db: str, hardwired: Mapp
             steps.append(Step(f"set {setting} for the database", sql.SQL("ALTER DATABASE {} SET {} TO {}").format(
                 sql.Identifier(target_db), sql.Identifier(setting), setting_value(setting, value)), optional=True))
     return steps, diffs
+
+
+def _lending_create(schema: str, role: str, give: Step) -> list[Step]:
+    """`give` (ALTER ... OWNER TO `role`) between a GRANT and a REVOKE of CREATE on `schema`: a new owner must
+    be able to create in the object's schema unless a superuser gives it (Aurora's master is none), and on the
+    source `role` may not (a superuser gave it the object there)."""
+    on = sql.SQL("CREATE ON SCHEMA {} {} {}")
+    return [Step(f"let {role} create in schema {schema} while it is given an object there",
+                 sql.SQL("GRANT ") + on.format(sql.Identifier(schema), sql.SQL("TO"), sql.Identifier(role))),
+            give,
+            Step(f"take CREATE on schema {schema} back from {role}, as on the source",
+                 sql.SQL("REVOKE ") + on.format(sql.Identifier(schema), sql.SQL("FROM"), sql.Identifier(role)))]
 
 
 def _hardwired(objtype: str, owner: str, table: Mapping[str, set[Grant]]) -> set[Grant]:

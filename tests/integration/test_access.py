@@ -5,6 +5,7 @@ privileges), then only what great_escape.access plans."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,28 @@ def test_a_source_superuser_owner_must_be_mapped(dbpair: DbPair, tmp_path: Path)
     assert any("role postgres is a superuser on the source" in x and "ge_role_map" in x for x in p.problems)
     with pytest.raises(access.AccessError, match="nothing was changed"):
         p.raise_if_problems()
+
+
+def test_a_table_given_to_a_role_that_may_not_create_in_its_schema(dbpair: DbPair, tmp_path: Path) -> None:
+    """A source superuser gave the table to a role without CREATE on its schema (PostgreSQL 15's public). The
+    target's master is no superuser and may only give a table to a role that may create in its schema: CREATE
+    is lent for the change and taken back, so the target ends as the source is."""
+    role = f"{dbpair.source['dbname']}_bare"
+    dbpair.sql_source(f"CREATE ROLE {role} NOLOGIN; CREATE TABLE public.lent (id int PRIMARY KEY); "
+                      f"ALTER TABLE public.lent OWNER TO {role}")
+    restore_schema(dbpair, tmp_path)
+    opts = access.Options(role_map={"postgres": MASTER_USER}, project_roles=(MASTER_USER, REPL_USER),
+                          sync_user=REPL_USER)
+    carry_over(dbpair, dataclasses.replace(opts, objects=False))
+    p = carry_over(dbpair, opts)
+    assert [s.what for s in p.steps if role in s.what] == [
+        f"let {role} create in schema public while it is given an object there", f"give table public.lent to {role}",
+        f"take CREATE on schema public back from {role}, as on the source"]
+    assert dbpair.sql_target("SELECT pg_get_userbyid(relowner), has_schema_privilege(%s, 'public', 'CREATE') FROM "
+                             "pg_class WHERE oid = 'public.lent'::regclass", (role,)) == [(role, False)]
+    with psycopg.connect(**dbpair.source) as src, psycopg.connect(**dbpair.target) as tgt:
+        again = access.plan(src, tgt, opts)
+    assert again.differences == [] and again.steps == []
 
 
 def test_list_settings_are_split_as_postgresql_stores_them() -> None:

@@ -34,11 +34,11 @@ def _dumped(dbpair, run_playbook, inventory, schema: str = SCHEMA) -> Path:
 
 
 def _owned(dbpair) -> tuple[str, str]:
-    """SCHEMA with events owned by an application role of its own (with CREATE on the schema, which a master that
-    is not a superuser needs to give it a table there), which may also read customers: (schema, role)."""
+    """SCHEMA with events owned by an application role of its own, which may also read customers: (schema, role).
+    The source's superuser gave it the table; it may not create in the schema (the target's master, no superuser,
+    lends it CREATE for the change)."""
     owner = f"owner_{dbpair.source['dbname']}"
-    return (SCHEMA + f"CREATE ROLE {owner} NOLOGIN; GRANT CREATE ON SCHEMA public TO {owner}; "
-            f"ALTER TABLE events OWNER TO {owner}; "
+    return (SCHEMA + f"CREATE ROLE {owner} NOLOGIN; ALTER TABLE events OWNER TO {owner}; "
             f"GRANT SELECT ON customers TO {owner};"), owner
 
 
