@@ -612,7 +612,8 @@ def compare(src: Side, tgt: Side, opts: Options, target_db: str, hardwired: Mapp
                 diffs.append(Difference(sobj.label, owner, "OWNER", f"source only (target owner: {tobj.owner})"))
                 give = Step(f"give {sobj.label} to {owner}", sql.SQL("ALTER {} {} OWNER TO {}").format(
                     sql.SQL(_KINDS[sobj.kind]), _object_ident(sobj), sql.Identifier(owner)))
-                may_create = creators.get(sobj.schema) if sobj.kind != "schema" else None
+                # (never lent to the project's own roles: the take-back would revoke what the project keeps)
+                may_create = creators.get(sobj.schema) if sobj.kind != "schema" and owner not in project else None
                 steps += _lending_create(sobj.schema, owner, give) if may_create is not None and not (
                     {owner, "PUBLIC"} & may_create) else [give]
                 if sobj.kind == "table":
