@@ -23,6 +23,7 @@ write on the side about to go live.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from . import db
 from .catalog import PROJECT_SCHEMAS, SYSTEM_SCHEMAS
 from .errors import AccessError
 
@@ -636,12 +638,12 @@ def _lending_create(schema: str, role: str, give: Step) -> list[Step]:
     """`give` (ALTER ... OWNER TO `role`) between a GRANT and a REVOKE of CREATE on `schema`: a new owner must
     be able to create in the object's schema unless a superuser gives it (Aurora's master is none), and on the
     source `role` may not (a superuser gave it the object there)."""
-    on = sql.SQL("CREATE ON SCHEMA {} {} {}")
+    names = (sql.Identifier(schema), sql.Identifier(role))
     return [Step(f"let {role} create in schema {schema} while it is given an object there",
-                 sql.SQL("GRANT ") + on.format(sql.Identifier(schema), sql.SQL("TO"), sql.Identifier(role))),
+                 sql.SQL("GRANT CREATE ON SCHEMA {} TO {}").format(*names)),
             give,
             Step(f"take CREATE on schema {schema} back from {role}, as on the source",
-                 sql.SQL("REVOKE ") + on.format(sql.Identifier(schema), sql.SQL("FROM"), sql.Identifier(role)))]
+                 sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(*names))]
 
 
 def _hardwired(objtype: str, owner: str, table: Mapping[str, set[Grant]]) -> set[Grant]:
@@ -856,7 +858,7 @@ def carry_over(source: Mapping[str, Any], target: Mapping[str, Any], req: Mappin
     options (sync_user, role_map, application_roles, source_sync_user, schemas, exclude_tables, objects,
     state, migration_name and the sync user's password, or a `passfile` in `target` that has it).
     Returns the module's result; statements that set a password are withheld from `queries`."""
-    from . import db, state  # state -> capture -> access: imported on use
+    from . import state  # state -> capture -> access: imported on use
 
     stops: Mapping[str, list[dict[str, Any]]] = {}
     if req.get("migration_name"):
@@ -894,8 +896,6 @@ def add_parser(sub: Any) -> None:
 
 def _cli_access(args: Any) -> int:
     """Prints the result (without the statements) as one JSON line: the restore role shows it."""
-    import json
-
     try:
         with open(args.request, encoding="utf-8") as f:
             req = json.load(f)
