@@ -4,7 +4,10 @@ owners and privileges as theirs, and the re-run goes on from where the job stopp
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,6 +61,10 @@ def test_the_copy_job_gives_the_owners_and_privileges(dbpair, run_playbook, inve
     assert "TASK [access : Show what was carried over to the target]" in done.stdout
     assert _owner_and_grants(dbpair, owner) == (owner, True)
     assert (restore / "post-data.done").exists() and list(restore.rglob("*pgpass*")) == []
+    # The restore is recorded done after its last step, the owners and privileges: no wait sample after it.
+    shown = subprocess.run([sys.executable, "-m", "great_escape.cli", "progress", "show", "--json", "--state-dir",
+                            str(restore.parents[1] / "state")], capture_output=True, text=True, check=True).stdout
+    assert next(p for p in json.loads(shown) if p["phase"] == "restore")["state"] == "done"
     assert_identical(dbpair)
 
 
