@@ -45,6 +45,13 @@ def _owned(dbpair) -> tuple[str, str]:
             f"GRANT SELECT ON customers TO {owner};"), owner
 
 
+def _recorded(restore: Path) -> str:
+    """The restore phase's state in its progress record, as `great-escape progress show` tells it."""
+    shown = subprocess.run([sys.executable, "-m", "great_escape.cli", "progress", "show", "--json", "--state-dir",
+                            str(restore.parents[1] / "state")], capture_output=True, text=True, check=True).stdout
+    return str(next(p for p in json.loads(shown) if p["phase"] == "restore")["state"])
+
+
 def _owner_and_grants(dbpair, owner: str) -> tuple[str, bool]:
     """On the target: the owner of events, and whether `owner` may read customers."""
     return dbpair.sql_target("SELECT tableowner, has_table_privilege(%s, 'customers', 'SELECT') FROM pg_tables "
@@ -62,9 +69,7 @@ def test_the_copy_job_gives_the_owners_and_privileges(dbpair, run_playbook, inve
     assert _owner_and_grants(dbpair, owner) == (owner, True)
     assert (restore / "post-data.done").exists() and list(restore.rglob("*pgpass*")) == []
     # The restore is recorded done after its last step, the owners and privileges: no wait sample after it.
-    shown = subprocess.run([sys.executable, "-m", "great_escape.cli", "progress", "show", "--json", "--state-dir",
-                            str(restore.parents[1] / "state")], capture_output=True, text=True, check=True).stdout
-    assert next(p for p in json.loads(shown) if p["phase"] == "restore")["state"] == "done"
+    assert _recorded(restore) == "done"
     assert_identical(dbpair)
 
 
@@ -80,12 +85,14 @@ def test_owners_fail_in_the_copy_job_and_the_rerun_gives_them(dbpair, run_playbo
     assert "pg_restore of post-data into" not in failed.stdout  # post-data succeeded
     assert (restore / "post-data.done").exists() and list(restore.rglob("*pgpass*")) == []
     assert _owner_and_grants(dbpair, owner) != (owner, True)  # nothing was changed
+    assert _recorded(restore) == "failed"
 
     resumed = run_playbook("playbooks/06_restore.yml")
     assert re.search(r"TASK \[restore : Start the chunked copy\] .*\n.*\nskipping", resumed.stdout)  # copied before
     assert "TASK [access : Ensure the application's roles exist" in resumed.stdout  # the access role's ge_access
     assert _owner_and_grants(dbpair, owner) == (owner, True)
     assert list(restore.rglob("*pgpass*")) == []
+    assert _recorded(restore) == "done"  # by the role's last task, after the access role gave them
     assert_identical(dbpair)
 
 
@@ -108,6 +115,7 @@ def test_post_data_fails_in_the_copy_job_and_the_rerun_goes_on_from_it(dbpair, r
     assert "TASK [restore : Start pg_restore of the section post-data]" in resumed.stdout
     assert (restore / "post-data.done").exists()
     assert list(restore.rglob("*pgpass*")) == []
+    assert _recorded(restore) == "done"
     assert_identical(dbpair)
     assert dbpair.sql_target("SELECT count(*) FROM pg_constraint WHERE contype = 'f'")[0][0] == 1
     assert dbpair.sql_target("SELECT count(*) FROM pg_indexes WHERE indexname = 'events_payload_idx'")[0][0] == 1

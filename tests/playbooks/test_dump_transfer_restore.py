@@ -161,6 +161,7 @@ def test_dump_transfer_restore_and_resume(dbpair, run_playbook, inventory, tmp_p
     done = run_playbook("playbooks/06_restore.yml", extra=FAST)
     assert "finished in an earlier run" in done.stdout
     assert _password_files(work) == []
+    assert _progress(work)["restore"].split()[1] == "done"  # this run's record too, not left "starting"
 
     # Without our markers, a target holding application rows is refused and left alone.
     shutil.rmtree(work / "replication" / "restore")
