@@ -395,7 +395,7 @@ def pgcopydb_clone(src: dict[str, Any], dst: dict[str, Any], work: Path,
 # Both clusters log every statement of the benchmark's databases with its duration
 # (log_min_duration_statement = 0 on those databases only; pg_dump, pg_restore and pgcopydb send a few
 # hundred statements, so the logging costs every variant alike and next to nothing).
-_LOGGED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) UTC \[\d+\] LOG:  duration: ([0-9.]+) ms  "
+_LOGGED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) UTC \[(\d+)\] LOG:  duration: ([0-9.]+) ms  "
                      r"(?:statement|execute [^:]*): (.*)$")
 _COPY = re.compile(r"^COPY\s+(?:\((?:.*?\bFROM\s+(?:ONLY\s+)?([\w.\"]+)).*\)|([\w.\"]+))(?:\s*\([^)]*\))?\s+"
                    r"(FROM|TO)\b", re.I | re.S)
@@ -410,6 +410,7 @@ class Statement:
     seconds: float
     kind: str  # read (COPY TO), load (COPY FROM), index, key (ADD CONSTRAINT other than FK), fk, bigint, other
     table: str
+    pid: int  # the server process: one per connection
 
     @property
     def start(self) -> float:
@@ -443,9 +444,9 @@ def read_statements(log: Path, offset: int) -> list[Statement]:
 
     def flush() -> None:
         if head:
-            kind, table = _classify(" ".join([head.group(3), *current]).strip())
+            kind, table = _classify(" ".join([head.group(4), *current]).strip())
             end = dt.datetime.strptime(head.group(1), "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=dt.UTC).timestamp()
-            found.append(Statement(end, float(head.group(2)) / 1000, kind, table))
+            found.append(Statement(end, float(head.group(3)) / 1000, kind, table, int(head.group(2))))
 
     for line in text.splitlines():
         if line.startswith("\t"):
@@ -469,6 +470,8 @@ class TableTimes:
     reads: int = 0  # COPY TO statements on the source (one per table for pg_dump; one per chunk when split)
     loads: int = 0  # COPY FROM statements on the target
     parallel: int = 0  # the most COPY FROM statements on this table running at the same moment
+    # target connection (server pid) -> its COPY FROM into this table, (start, end) in s after the run started
+    loaders: dict[int, list[tuple[float, float]]] = dataclasses.field(default_factory=dict)
 
 
 def max_parallel(intervals: list[tuple[float, float]]) -> int:
@@ -482,7 +485,6 @@ def max_parallel(intervals: list[tuple[float, float]]) -> int:
 
 def per_table(source_stmts: list[Statement], target_stmts: list[Statement], started: float) -> dict[str, TableTimes]:
     tables: dict[str, TableTimes] = {}
-    loads: dict[str, list[tuple[float, float]]] = {}
     for st in source_stmts:
         if st.kind == "read":
             t = tables.setdefault(st.table, TableTimes())
@@ -494,12 +496,12 @@ def per_table(source_stmts: list[Statement], target_stmts: list[Statement], star
             if st.kind == "load":
                 t.load += st.seconds
                 t.loads += 1
-                loads.setdefault(st.table, []).append((st.start, st.end))
+                t.loaders.setdefault(st.pid, []).append((st.start - started, st.end - started))
             else:
                 t.build += st.seconds
             t.first, t.last = min(t.first, st.start - started), max(t.last, st.end - started)
-    for name, intervals in loads.items():
-        tables[name].parallel = max_parallel(intervals)
+    for t in tables.values():
+        t.parallel = max_parallel([span for spans in t.loaders.values() for span in spans])
     return tables
 
 
@@ -556,6 +558,29 @@ class Run:
     activity: Activity | None = None
     link_bytes: tuple[int, int] | None = None  # (source -> AWS, AWS -> source) over the WAN link
     cpu: dict[str, float] = dataclasses.field(default_factory=dict)  # CPU seconds: source, target, other
+
+
+def loaders_table(table_name: str, runs: dict[str, Run]) -> str:
+    """Who loaded `table_name` in each run: per target connection (a great-escape worker holds one for all its
+    chunks; pg_restore and pgcopydb load a table in one), its COPY FROM statements, their seconds, its first
+    start and last end, and how much of the table's whole load window it spent loading."""
+    rows = []
+    for name, run in runs.items():
+        t = run.tables.get(table_name)
+        if t is None or not t.loaders:
+            continue
+        spans = [span for loader in t.loaders.values() for span in loader]
+        window = max(b for _, b in spans) - min(a for a, _ in spans)
+        for number, loader in enumerate(sorted(t.loaders.values(), key=lambda lo: lo[0][0]), 1):
+            busy = length(merge(loader))
+            rows.append([name, number, len(loader), busy, f"{loader[0][0]:.1f}-{max(b for _, b in loader):.1f}",
+                         f"{100 * busy / window:.0f} %" if window > 0 else "-"])
+    return "\n".join([f"Who loaded the biggest table, {table_name}, in each variant's median run: per target "
+                      "connection (each of great-escape's copy workers holds one for all its chunks; pg_restore and "
+                      "pgcopydb load a table through one), its COPY FROM statements, the seconds they ran, its first "
+                      "start and last end (s after the run started) and the share of the table's whole load window it "
+                      "was loading:",
+                      "", c.table(["variant", "connection", "COPY FROM stmts", "load s", "window s", "busy"], rows)])
 
 
 # --------------------------------------------------------------------------- the benchmark
@@ -909,6 +934,8 @@ def _report(runs: dict[str, list[Run]], ge_variants: dict[str, dict[str, Any]], 
         lines += [f"{name} (run of {run.phases.total:.1f} s; target statement seconds by kind: {busy}):", "",
                   c.table(["table", "size", "source COPY s", "target COPY s", "index+key builds s",
                            "target window s", "COPY stmts", "max parallel loads"], trows), ""]
+    if order:
+        lines += [loaders_table(order[0], {name: _median_run(variant_runs) for name, variant_runs in runs.items()}), ""]
     if pgcopydb_summary:
         lines += ["pgcopydb's own step summary:", "", "```", pgcopydb_summary, "```"]
     return "\n".join(lines)
