@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,13 @@ def crashing_pg_restore(directory: Path, step_list: str) -> Path:
                       f'case " $* " in *" --use-list="*/{step_list}" "*) echo "simulated crash" >&2; exit 1;; esac\n')
     script.chmod(0o755)
     return script
+
+
+def recorded(state_dir: Path, phase: str) -> dict[str, Any]:
+    """`phase`'s progress record in `state_dir`, as `great-escape progress show --json` tells it."""
+    shown = subprocess.run([sys.executable, "-m", "great_escape.cli", "progress", "show", "--json", "--state-dir",
+                            str(state_dir)], capture_output=True, text=True, check=True).stdout
+    return dict(next(p for p in json.loads(shown) if p["phase"] == phase))
 
 
 PlaybookRunner = Callable[..., subprocess.CompletedProcess[str]]

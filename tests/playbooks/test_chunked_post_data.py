@@ -4,17 +4,14 @@ owners and privileges as theirs, and the re-run goes on from where the job stopp
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.integration.syncutil import assert_identical
-from tests.playbooks.conftest import crashing_pg_restore
+from tests.playbooks.conftest import crashing_pg_restore, recorded
 
 pytestmark = pytest.mark.slow
 
@@ -46,10 +43,8 @@ def _owned(dbpair) -> tuple[str, str]:
 
 
 def _recorded(restore: Path) -> str:
-    """The restore phase's state in its progress record, as `great-escape progress show` tells it."""
-    shown = subprocess.run([sys.executable, "-m", "great_escape.cli", "progress", "show", "--json", "--state-dir",
-                            str(restore.parents[1] / "state")], capture_output=True, text=True, check=True).stdout
-    return str(next(p for p in json.loads(shown) if p["phase"] == "restore")["state"])
+    """The restore phase's state in its progress record (the state directory beside the restore's work dir)."""
+    return str(recorded(restore.parents[1] / "state", "restore")["state"])
 
 
 def _owner_and_grants(dbpair, owner: str) -> tuple[str, bool]:

@@ -25,6 +25,7 @@ import yaml
 
 from bench import common as bench_common
 from tests.conftest import ROOT
+from tests.playbooks.conftest import recorded
 
 pytestmark = pytest.mark.slow
 
@@ -119,9 +120,7 @@ def test_dump_outlasting_2000_polls_finishes(dbpair, inventory, tmp_path):
     for section in ("pre-data", "data", "post-data"):
         assert '"rc": 0' in (work / "dump" / f"{section}.done.json").read_text()
     assert not (work / "dump" / ".standin-growing").exists()
-    shown = subprocess.run([sys.executable, "-m", "great_escape.cli", "progress", "show", "--json",
-                            "--state-dir", str(work / "state")], capture_output=True, text=True, check=True).stdout
-    dump = next(p for p in json.loads(shown) if p["phase"] == "dump")
+    dump = recorded(work / "state", "dump")
     assert dump["state"] == "done" and dump["done"] == dump["total"] > 0
 
 
